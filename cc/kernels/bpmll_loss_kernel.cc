@@ -1,0 +1,272 @@
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "bpmll_cpu_chunks.h"
+#include "bpmll_loss_functor.h"
+#include "bpmll_math.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace tf_fused_losses {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+// Elements per inner call: the chunk's logits, labels and gradient stay in L1.
+constexpr int64_t kChunk = 2048;
+// A whole row is one task while its logits, labels and gradient fit in L2,
+// so the gradient loop rereads them from cache: one pass over memory.
+constexpr int64_t kWholeRowMax = 1 << 16;
+// Longer rows are split into pieces; each piece is read twice from memory
+// (statistics, then gradient), in two parallel phases.
+constexpr int64_t kPiece = 1 << 15;
+// Rough cost of one element in cycles, for the thread pool's sharding.
+constexpr int64_t kCyclesPerElement = 12;
+
+// Where a label outside [0, 1] was seen first; reported after the pool joins.
+struct BadLabel {
+  std::mutex mu;
+  int64_t row = -1;
+  void Note(int64_t r) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (row < 0 || r < row) row = r;
+  }
+};
+
+template <typename T, typename TLabel>
+class CpuBpmll {
+ public:
+  using Acc = typename AccumulatorOf<T>::type;
+  static constexpr bool kLogitsAreAcc = std::is_same<T, Acc>::value;
+  static constexpr bool kLabelsAreAcc = std::is_same<TLabel, Acc>::value;
+
+  CpuBpmll(const BpmllLossArgs<T, TLabel>& args, BadLabel* bad)
+      : args_(args), ops_(BpmllChunkOpsForThisCpu<Acc>()), bad_(bad) {}
+
+  struct PieceStats {
+    BpmllStats<Acc> stats = BpmllEmptyStats<Acc>();
+    bool soft = false;
+  };
+
+  PieceStats Stats(int64_t row, int64_t begin, int64_t end) const {
+    PieceStats out;
+    Acc logit_buffer[kLogitsAreAcc ? 1 : kChunk];
+    Acc label_buffer[kLabelsAreAcc ? 1 : kChunk];
+    const int64_t offset = row * args_.labels;
+    for (int64_t start = begin; start < end; start += kChunk) {
+      const int64_t n = std::min(kChunk, end - start);
+      const Acc* logits = Logits(offset + start, n, logit_buffer);
+      const Acc* labels = Labels(offset + start, n, label_buffer);
+      BpmllChunkLabels<Acc> seen;
+      out.stats = BpmllMerge(out.stats, ops_.stats(logits, labels, n, &seen));
+      out.soft = out.soft || seen.soft;
+      if (seen.min < Acc(0) || seen.max > Acc(1)) bad_->Note(row);
+    }
+    return out;
+  }
+
+  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft) const {
+    const int64_t offset = row * args_.labels;
+    T* grad = args_.grad + offset;
+    if (!result.has_pairs) {
+      std::fill(grad + begin, grad + end, T(0));
+      return;
+    }
+    Acc logit_buffer[kLogitsAreAcc ? 1 : kChunk];
+    Acc label_buffer[kLabelsAreAcc ? 1 : kChunk];
+    Acc grad_buffer[kLogitsAreAcc ? 1 : kChunk];
+    for (int64_t start = begin; start < end; start += kChunk) {
+      const int64_t n = std::min(kChunk, end - start);
+      const Acc* logits = Logits(offset + start, n, logit_buffer);
+      const Acc* labels = Labels(offset + start, n, label_buffer);
+      if constexpr (kLogitsAreAcc) {
+        ops_.gradient(result, logits, labels, n, soft, grad + start);
+      } else {
+        ops_.gradient(result, logits, labels, n, soft, grad_buffer);
+        for (int64_t i = 0; i < n; ++i) grad[start + i] = static_cast<T>(grad_buffer[i]);
+      }
+    }
+  }
+
+  void WholeRows(int64_t first_row, int64_t last_row) const {
+    for (int64_t row = first_row; row < last_row; ++row) {
+      PieceStats piece = Stats(row, 0, args_.labels);
+      BpmllRowResult<Acc> result = BpmllFinish(piece.stats);
+      args_.loss[row] = static_cast<T>(result.loss);
+      Gradient(row, 0, args_.labels, result, piece.soft);
+    }
+  }
+
+ private:
+  const Acc* Logits(int64_t at, int64_t n, Acc* buffer) const {
+    if constexpr (kLogitsAreAcc) {
+      return args_.y_pred + at;
+    } else {
+      for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<Acc>(args_.y_pred[at + i]);
+      return buffer;
+    }
+  }
+  const Acc* Labels(int64_t at, int64_t n, Acc* buffer) const {
+    if constexpr (kLabelsAreAcc) {
+      return args_.y_true + at;
+    } else {
+      for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<Acc>(args_.y_true[at + i]);
+      return buffer;
+    }
+  }
+
+  const BpmllLossArgs<T, TLabel>& args_;
+  const BpmllChunkOps<Acc>& ops_;
+  BadLabel* bad_;
+};
+
+template <typename TLabel>
+double LabelAsDouble(TLabel v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+double LabelAsDouble<double>(double v) {
+  return v;
+}
+template <>
+double LabelAsDouble<int64_t>(int64_t v) {
+  return static_cast<double>(v);
+}
+
+}  // namespace
+
+template <typename T, typename TLabel>
+struct BpmllLossFunctor<CPUDevice, T, TLabel> {
+  void operator()(OpKernelContext* ctx, const BpmllLossArgs<T, TLabel>& args) {
+    using Acc = typename AccumulatorOf<T>::type;
+    const int64_t rows = args.rows, labels = args.labels;
+    BadLabel bad;
+    CpuBpmll<T, TLabel> bpmll(args, &bad);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int64_t threads = pool->NumThreads();
+
+    if (labels <= kWholeRowMax && (rows >= 2 * threads || labels <= 4 * kChunk)) {
+      pool->ParallelFor(rows, labels * kCyclesPerElement,
+                        [&](int64_t first, int64_t last) { bpmll.WholeRows(first, last); });
+    } else {
+      // Few or long rows: pieces of rows, statistics first, then gradients.
+      const int64_t pieces_per_row = (labels + kPiece - 1) / kPiece;
+      const int64_t pieces = rows * pieces_per_row;
+      auto piece_range = [&](int64_t piece, int64_t* row, int64_t* begin, int64_t* end) {
+        *row = piece / pieces_per_row;
+        *begin = (piece % pieces_per_row) * kPiece;
+        *end = std::min(labels, *begin + kPiece);
+      };
+      std::vector<typename CpuBpmll<T, TLabel>::PieceStats> piece_stats(pieces);
+      pool->ParallelFor(pieces, kPiece * kCyclesPerElement, [&](int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p) {
+          int64_t row, begin, end;
+          piece_range(p, &row, &begin, &end);
+          piece_stats[p] = bpmll.Stats(row, begin, end);
+        }
+      });
+      std::vector<BpmllRowResult<Acc>> results(rows);
+      std::vector<char> soft(rows, 0);
+      for (int64_t row = 0; row < rows; ++row) {
+        BpmllStats<Acc> stats = BpmllEmptyStats<Acc>();
+        for (int64_t k = 0; k < pieces_per_row; ++k) {
+          stats = BpmllMerge(stats, piece_stats[row * pieces_per_row + k].stats);
+          soft[row] |= piece_stats[row * pieces_per_row + k].soft;
+        }
+        results[row] = BpmllFinish(stats);
+        args.loss[row] = static_cast<T>(results[row].loss);
+      }
+      pool->ParallelFor(pieces, kPiece * kCyclesPerElement, [&](int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p) {
+          int64_t row, begin, end;
+          piece_range(p, &row, &begin, &end);
+          bpmll.Gradient(row, begin, end, results[row], soft[row] != 0);
+        }
+      });
+    }
+
+    if (bad.row >= 0) {
+      const TLabel* row_labels = args.y_true + bad.row * labels;
+      for (int64_t j = 0; j < labels; ++j) {
+        double v = LabelAsDouble(row_labels[j]);
+        if (v < 0.0 || v > 1.0) {
+          ctx->SetStatus(tensorflow::errors::InvalidArgument(
+              "FusedBpmllLoss: y_true must hold labels in [0, 1]; y_true[", bad.row, ", ", j, "] = ", v));
+          return;
+        }
+      }
+    }
+  }
+};
+
+template <typename Device, typename T, typename TLabel>
+class FusedBpmllLossOp : public OpKernel {
+ public:
+  explicit FusedBpmllLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    OP_REQUIRES(ctx, y_pred.dims() == 2,
+                tensorflow::errors::InvalidArgument("FusedBpmllLoss: y_pred must be rank 2 (batch, labels), got shape ",
+                                                    y_pred.shape().DebugString()));
+    OP_REQUIRES(ctx, y_true.shape() == y_pred.shape(),
+                tensorflow::errors::InvalidArgument("FusedBpmllLoss: y_true and y_pred must have the same shape, got ",
+                                                    y_true.shape().DebugString(), " and ",
+                                                    y_pred.shape().DebugString()));
+    const int64_t rows = y_pred.dim_size(0), labels = y_pred.dim_size(1);
+    Tensor* loss = nullptr;
+    Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_pred.shape(), &grad));
+    if (rows == 0) return;
+    BpmllLossArgs<T, TLabel> args{y_true.flat<TLabel>().data(), y_pred.flat<T>().data(), rows, labels,
+                                  loss->flat<T>().data(), grad->flat<T>().data()};
+    BpmllLossFunctor<Device, T, TLabel>()(ctx, args);
+  }
+};
+
+#define TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, TLabel)                                          \
+  REGISTER_KERNEL_BUILDER(                                                                             \
+      Name("FusedBpmllLoss").Device(DEVICE_NAME).TypeConstraint<T>("T").TypeConstraint<TLabel>("Tlabel"), \
+      FusedBpmllLossOp<DEVICE_TYPE, T, TLabel>);
+
+#define TFL_REGISTER_BPMLL_LABELS(DEVICE_NAME, DEVICE_TYPE, T)       \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, Eigen::half)       \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, Eigen::bfloat16)   \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, float)             \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, double)            \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, tensorflow::int32) \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, int64_t)           \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, tensorflow::uint8) \
+  TFL_REGISTER_BPMLL(DEVICE_NAME, DEVICE_TYPE, T, bool)
+
+#define TFL_REGISTER_BPMLL_CPU(T) TFL_REGISTER_BPMLL_LABELS(tensorflow::DEVICE_CPU, CPUDevice, T)
+TFL_REGISTER_BPMLL_CPU(Eigen::half)
+TFL_REGISTER_BPMLL_CPU(Eigen::bfloat16)
+TFL_REGISTER_BPMLL_CPU(float)
+TFL_REGISTER_BPMLL_CPU(double)
+#undef TFL_REGISTER_BPMLL_CPU
+
+#if GOOGLE_CUDA
+#define TFL_REGISTER_BPMLL_GPU(T) TFL_REGISTER_BPMLL_LABELS(tensorflow::DEVICE_GPU, GPUDevice, T)
+TFL_REGISTER_BPMLL_GPU(Eigen::half)
+TFL_REGISTER_BPMLL_GPU(Eigen::bfloat16)
+TFL_REGISTER_BPMLL_GPU(float)
+TFL_REGISTER_BPMLL_GPU(double)
+#undef TFL_REGISTER_BPMLL_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace tf_fused_losses

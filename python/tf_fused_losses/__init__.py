@@ -1,0 +1,16 @@
+"""Fused TensorFlow ops for the BP-MLL ranking loss and correlation losses."""
+
+__version__ = "0.1.0"
+
+from . import reference
+from ._loader import PURE_TF_ENV, build_info, use_pure_tf
+from .bpmll import BPMLLLoss, bpmll_loss
+
+__all__ = [
+    "BPMLLLoss",
+    "PURE_TF_ENV",
+    "bpmll_loss",
+    "build_info",
+    "reference",
+    "use_pure_tf",
+]
