@@ -3,6 +3,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 TF_PACKAGE ?= tensorflow-cpu==2.21.*
+# Where nvcc exists the CUDA kernels must build: a silently skipped CUDA build fails.
+NVCC ?= $(wildcard /usr/local/cuda/bin/nvcc)
+TFL_CUDA ?= $(if $(NVCC),on,auto)
+export TFL_CUDA
+ifneq ($(NVCC),)
+export CUDACXX := $(NVCC)
+endif
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
