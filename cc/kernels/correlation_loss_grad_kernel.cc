@@ -1,0 +1,142 @@
+#include "correlation_cpu_chunks.h"
+#include "correlation_kernel_common.h"
+#include "correlation_loss_functor.h"
+#include "correlation_math.h"
+#include "cpu_row_passes.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_fused_losses {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+
+namespace {
+
+// g, x, y and both gradients of a whole row: 20 bytes a step in float; the
+// three inputs (1.5 MiB at the limit) are reread by the gradient pass from
+// L2, or L3 at the top of the range.
+constexpr int64_t kWholeRowMax = 1 << 17;
+constexpr int64_t kCyclesPerElement = 6;
+
+}  // namespace
+
+template <typename T>
+struct CorrelationLossGradFunctor<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const CorrelationLossGradArgs<T>& args) {
+    using Acc = typename AccumulatorOf<T>::type;
+    const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
+    const int64_t steps = args.steps;
+    const Acc epsilon = static_cast<Acc>(args.epsilon);
+    auto mask_at = [&](int64_t at) -> const bool* { return args.mask ? args.mask + at : nullptr; };
+    auto row_of = [&](int64_t row) {
+      return CorrelationFinish(CorrelationLoadMoments<Acc>(args.row_stats + row * kCorrelationRowStats), epsilon,
+                               args.concordance);
+    };
+
+    auto sums = [&](int64_t row, int64_t begin, int64_t end) {
+      const CorrelationRow<Acc> r = row_of(row);
+      CorrelationGradSums<Acc> total = CorrelationEmptyGradSums<Acc>();
+      if (!r.has_gradient) return total;
+      AccChunk<Acc, T> g, x, y;
+      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
+        total = CorrelationAddGradSums(total, ops.grad_sums(r, g.Read(args.grad_loss + at, n),
+                                                            x.Read(args.y_pred + at, n),
+                                                            y.Read(args.y_true + at, n), mask_at(at), n));
+      });
+      return total;
+    };
+    auto finish = [&](int64_t row, const CorrelationGradSums<Acc>& total) {
+      return CorrelationFinishGradient(row_of(row), total);
+    };
+    auto write_gradients = [&](int64_t row, int64_t begin, int64_t end, const CorrelationGradCoeffs<Acc>& coeffs) {
+      AccChunk<Acc, T> g, x, y, grad_x, grad_y;
+      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
+        ops.gradient(coeffs, g.Read(args.grad_loss + at, n), x.Read(args.y_pred + at, n),
+                     y.Read(args.y_true + at, n), mask_at(at), n, grad_x.Output(args.grad_y_pred + at),
+                     grad_y.Output(args.grad_y_true + at));
+        grad_x.Write(args.grad_y_pred + at, n);
+        grad_y.Write(args.grad_y_true + at, n);
+      });
+    };
+    RunTwoPassRows(ctx, args.rows, steps, kWholeRowMax, kCyclesPerElement, sums, CorrelationAddGradSums<Acc>, finish,
+                   write_gradients);
+  }
+};
+
+template <typename Device, typename T>
+class FusedCorrelationLossGradOp : public OpKernel {
+ public:
+  explicit FusedCorrelationLossGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadCorrelationAttrs(ctx, kOp, &attrs_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad_loss = ctx->input(0);
+    const Tensor& y_true = ctx->input(1);
+    const Tensor& y_pred = ctx->input(2);
+    const Tensor& mask = ctx->input(3);
+    const Tensor& row_stats = ctx->input(4);
+    CorrelationShape shape;
+    OP_REQUIRES_OK(ctx, ValidateCorrelationInputs(kOp, y_true, y_pred, mask, &shape));
+    OP_REQUIRES(ctx,
+                grad_loss.dims() == 2 && grad_loss.dim_size(0) == shape.rows && grad_loss.dim_size(1) == shape.steps,
+                tensorflow::errors::InvalidArgument(kOp, ": grad_loss must have shape (batch, steps) = [", shape.rows,
+                                                    ",", shape.steps, "], got shape ",
+                                                    grad_loss.shape().DebugString()));
+    OP_REQUIRES(ctx,
+                row_stats.dims() == 2 && row_stats.dim_size(0) == shape.rows &&
+                    row_stats.dim_size(1) == kCorrelationRowStats,
+                tensorflow::errors::InvalidArgument(kOp, ": row_stats must have shape (batch, ", kCorrelationRowStats,
+                                                    ") = [", shape.rows, ",", kCorrelationRowStats, "], got shape ",
+                                                    row_stats.shape().DebugString()));
+    Tensor* grad_y_true = nullptr;
+    Tensor* grad_y_pred = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &grad_y_true));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_pred.shape(), &grad_y_pred));
+    if (shape.rows == 0 || shape.steps == 0) return;
+    CorrelationLossGradArgs<T> args{grad_loss.flat<T>().data(),
+                                    y_true.flat<T>().data(),
+                                    y_pred.flat<T>().data(),
+                                    shape.has_mask ? mask.flat<bool>().data() : nullptr,
+                                    row_stats.flat<double>().data(),
+                                    shape.rows,
+                                    shape.steps,
+                                    attrs_.epsilon,
+                                    attrs_.concordance,
+                                    grad_y_true->flat<T>().data(),
+                                    grad_y_pred->flat<T>().data()};
+    CorrelationLossGradFunctor<Device, T>()(ctx, args);
+  }
+
+ private:
+  static constexpr const char* kOp = "FusedCorrelationLossGrad";
+  CorrelationAttrs attrs_;
+};
+
+#define TFL_REGISTER_CORRELATION_GRAD(DEVICE_NAME, DEVICE_TYPE, T)                                   \
+  REGISTER_KERNEL_BUILDER(Name("FusedCorrelationLossGrad").Device(DEVICE_NAME).TypeConstraint<T>("T"), \
+                          FusedCorrelationLossGradOp<DEVICE_TYPE, T>);
+
+#define TFL_REGISTER_CORRELATION_GRAD_CPU(T) TFL_REGISTER_CORRELATION_GRAD(tensorflow::DEVICE_CPU, CPUDevice, T)
+TFL_REGISTER_CORRELATION_GRAD_CPU(Eigen::half)
+TFL_REGISTER_CORRELATION_GRAD_CPU(Eigen::bfloat16)
+TFL_REGISTER_CORRELATION_GRAD_CPU(float)
+TFL_REGISTER_CORRELATION_GRAD_CPU(double)
+#undef TFL_REGISTER_CORRELATION_GRAD_CPU
+
+#if GOOGLE_CUDA
+#define TFL_REGISTER_CORRELATION_GRAD_GPU(T) TFL_REGISTER_CORRELATION_GRAD(tensorflow::DEVICE_GPU, GPUDevice, T)
+TFL_REGISTER_CORRELATION_GRAD_GPU(Eigen::half)
+TFL_REGISTER_CORRELATION_GRAD_GPU(Eigen::bfloat16)
+TFL_REGISTER_CORRELATION_GRAD_GPU(float)
+TFL_REGISTER_CORRELATION_GRAD_GPU(double)
+#undef TFL_REGISTER_CORRELATION_GRAD_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace tf_fused_losses

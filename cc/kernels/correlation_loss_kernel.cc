@@ -1,0 +1,118 @@
+#include "correlation_cpu_chunks.h"
+#include "correlation_kernel_common.h"
+#include "correlation_loss_functor.h"
+#include "correlation_math.h"
+#include "cpu_row_passes.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_fused_losses {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+// x, y and the loss of a whole row: 12 bytes a step in float, so 1 MiB at
+// the limit; the loss pass rereads x and y from L2.
+constexpr int64_t kWholeRowMax = 1 << 17;
+constexpr int64_t kCyclesPerElement = 4;
+
+}  // namespace
+
+template <typename T>
+struct CorrelationLossFunctor<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const CorrelationLossArgs<T>& args) {
+    using Acc = typename AccumulatorOf<T>::type;
+    const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
+    const int64_t steps = args.steps;
+    auto mask_at = [&](int64_t at) -> const bool* { return args.mask ? args.mask + at : nullptr; };
+
+    auto moments = [&](int64_t row, int64_t begin, int64_t end) {
+      AccChunk<Acc, T> x, y;
+      CorrelationMoments<Acc> total = CorrelationEmptyMoments<Acc>();
+      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
+        total = CorrelationMerge(total, ops.moments(x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n),
+                                                    mask_at(at), n));
+      });
+      return total;
+    };
+    auto finish = [&](int64_t row, const CorrelationMoments<Acc>& total) {
+      CorrelationStoreMoments(total, args.row_stats + row * kCorrelationRowStats);
+      return CorrelationFinish(total, static_cast<Acc>(args.epsilon), args.concordance);
+    };
+    auto write_loss = [&](int64_t row, int64_t begin, int64_t end, const CorrelationRow<Acc>& result) {
+      AccChunk<Acc, T> x, y, loss;
+      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
+        ops.loss(result, x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n), mask_at(at), n,
+                 loss.Output(args.loss + at));
+        loss.Write(args.loss + at, n);
+      });
+    };
+    RunTwoPassRows(ctx, args.rows, steps, kWholeRowMax, kCyclesPerElement, moments, CorrelationMerge<Acc>, finish,
+                   write_loss);
+  }
+};
+
+template <typename Device, typename T>
+class FusedCorrelationLossOp : public OpKernel {
+ public:
+  explicit FusedCorrelationLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadCorrelationAttrs(ctx, kOp, &attrs_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& mask = ctx->input(2);
+    CorrelationShape shape;
+    OP_REQUIRES_OK(ctx, ValidateCorrelationInputs(kOp, y_true, y_pred, mask, &shape));
+    Tensor* loss = nullptr;
+    Tensor* row_stats = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.rows, shape.steps}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.rows, kCorrelationRowStats}), &row_stats));
+    if (shape.rows == 0) return;
+    CorrelationLossArgs<T> args{y_true.flat<T>().data(),
+                                y_pred.flat<T>().data(),
+                                shape.has_mask ? mask.flat<bool>().data() : nullptr,
+                                shape.rows,
+                                shape.steps,
+                                attrs_.epsilon,
+                                attrs_.concordance,
+                                loss->flat<T>().data(),
+                                row_stats->flat<double>().data()};
+    CorrelationLossFunctor<Device, T>()(ctx, args);
+  }
+
+ private:
+  static constexpr const char* kOp = "FusedCorrelationLoss";
+  CorrelationAttrs attrs_;
+};
+
+#define TFL_REGISTER_CORRELATION(DEVICE_NAME, DEVICE_TYPE, T)                                  \
+  REGISTER_KERNEL_BUILDER(Name("FusedCorrelationLoss").Device(DEVICE_NAME).TypeConstraint<T>("T"), \
+                          FusedCorrelationLossOp<DEVICE_TYPE, T>);
+
+#define TFL_REGISTER_CORRELATION_CPU(T) TFL_REGISTER_CORRELATION(tensorflow::DEVICE_CPU, CPUDevice, T)
+TFL_REGISTER_CORRELATION_CPU(Eigen::half)
+TFL_REGISTER_CORRELATION_CPU(Eigen::bfloat16)
+TFL_REGISTER_CORRELATION_CPU(float)
+TFL_REGISTER_CORRELATION_CPU(double)
+#undef TFL_REGISTER_CORRELATION_CPU
+
+#if GOOGLE_CUDA
+#define TFL_REGISTER_CORRELATION_GPU(T) TFL_REGISTER_CORRELATION(tensorflow::DEVICE_GPU, GPUDevice, T)
+TFL_REGISTER_CORRELATION_GPU(Eigen::half)
+TFL_REGISTER_CORRELATION_GPU(Eigen::bfloat16)
+TFL_REGISTER_CORRELATION_GPU(float)
+TFL_REGISTER_CORRELATION_GPU(double)
+#undef TFL_REGISTER_CORRELATION_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace tf_fused_losses

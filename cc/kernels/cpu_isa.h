@@ -1,0 +1,45 @@
+// Which x86-64 level's build of the per-ISA chunk files (*_cpu_chunks.cc,
+// compiled once per entry of TFL_ISAS in CMakeLists.txt) this CPU runs.
+//
+// TFL_CPU_ISA=baseline|avx2|avx512 in the environment caps the choice, so
+// that tests can run every build on one machine; it never raises it above
+// what the CPU supports.
+#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_
+#define TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_
+
+#include <cstdlib>
+#include <cstring>
+
+namespace tf_fused_losses {
+
+enum class CpuIsa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline CpuIsa DetectCpuIsa() {
+  CpuIsa best = CpuIsa::kBaseline;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl")) {
+    best = CpuIsa::kAvx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    best = CpuIsa::kAvx2;
+  }
+#endif
+  const char* cap = std::getenv("TFL_CPU_ISA");
+  if (cap != nullptr) {
+    CpuIsa limit = best;
+    if (std::strcmp(cap, "baseline") == 0) limit = CpuIsa::kBaseline;
+    if (std::strcmp(cap, "avx2") == 0) limit = CpuIsa::kAvx2;
+    if (static_cast<int>(limit) < static_cast<int>(best)) best = limit;
+  }
+  return best;
+}
+
+inline CpuIsa BestCpuIsa() {
+  static const CpuIsa isa = DetectCpuIsa();
+  return isa;
+}
+
+}  // namespace tf_fused_losses
+
+#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_

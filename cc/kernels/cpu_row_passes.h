@@ -1,0 +1,117 @@
+// Row algorithms of the shape "reduce each row, finish it, then write every
+// element from the finished row", on TensorFlow's CPU worker threads.
+//
+// Rows whose data fit in L2 are one task each, so that the write pass
+// rereads them from cache: one pass over memory. Few or long rows are cut
+// into pieces; each piece is then read twice from memory (reduce, write), in
+// two parallel phases, and the pieces' partial results are combined per row
+// in piece order between them.
+#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
+#define TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace tf_fused_losses {
+
+// Elements per inner call: a chunk of each array stays in L1.
+constexpr int64_t kCpuChunk = 2048;
+// Elements per piece of a long row.
+constexpr int64_t kCpuPiece = 1 << 15;
+
+// A chunk of a T array as the accumulation type Acc: the array itself when
+// the types agree, else a converted copy (16-bit inputs).
+template <typename Acc, typename T>
+class AccChunk {
+ public:
+  static constexpr bool kSame = std::is_same<T, Acc>::value;
+
+  const Acc* Read(const T* data, int64_t n) {
+    if constexpr (kSame) {
+      return data;
+    } else {
+      for (int64_t i = 0; i < n; ++i) buffer_[i] = static_cast<Acc>(data[i]);
+      return buffer_;
+    }
+  }
+  // Where to compute n outputs destined for data; Write() stores them.
+  Acc* Output(T* data) {
+    if constexpr (kSame) {
+      return data;
+    } else {
+      return buffer_;
+    }
+  }
+  void Write(T* data, int64_t n) {
+    if constexpr (!kSame) {
+      for (int64_t i = 0; i < n; ++i) data[i] = static_cast<T>(buffer_[i]);
+    }
+  }
+
+ private:
+  Acc buffer_[kSame ? 1 : kCpuChunk];
+};
+
+// Calls body(start, n) over [begin, end) in chunks of kCpuChunk.
+template <typename Body>
+void ForEachChunk(int64_t begin, int64_t end, const Body& body) {
+  for (int64_t start = begin; start < end; start += kCpuChunk) body(start, std::min(kCpuChunk, end - start));
+}
+
+// reduce(row, begin, end) -> Partial over the elements [begin, end) of row;
+// combine(Partial, Partial) -> Partial, applied in element order;
+// finish(row, Partial) -> Result, once per row;
+// write(row, begin, end, const Result&).
+// whole_row_max: the longest row done as one task (its working set should
+// fit in L2); cycles_per_element: rough cost, for the pool's sharding.
+template <typename Reduce, typename Combine, typename Finish, typename Write>
+void RunTwoPassRows(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t steps, int64_t whole_row_max,
+                    int64_t cycles_per_element, const Reduce& reduce, const Combine& combine, const Finish& finish,
+                    const Write& write) {
+  using Partial = decltype(reduce(int64_t{0}, int64_t{0}, int64_t{0}));
+  using Result = decltype(finish(int64_t{0}, std::declval<Partial>()));
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const int64_t threads = pool->NumThreads();
+
+  if (steps <= whole_row_max && (rows >= 2 * threads || steps <= 4 * kCpuChunk)) {
+    pool->ParallelFor(rows, std::max<int64_t>(steps, 1) * cycles_per_element, [&](int64_t first, int64_t last) {
+      for (int64_t row = first; row < last; ++row) {
+        const Result result = finish(row, reduce(row, 0, steps));
+        write(row, 0, steps, result);
+      }
+    });
+    return;
+  }
+
+  const int64_t pieces_per_row = (steps + kCpuPiece - 1) / kCpuPiece;
+  const int64_t pieces = rows * pieces_per_row;
+  auto for_each_piece = [&](auto&& body) {
+    pool->ParallelFor(pieces, kCpuPiece * cycles_per_element, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t row = p / pieces_per_row;
+        const int64_t begin = (p % pieces_per_row) * kCpuPiece;
+        body(p, row, begin, std::min(steps, begin + kCpuPiece));
+      }
+    });
+  };
+  std::vector<Partial> partials(pieces);
+  for_each_piece([&](int64_t p, int64_t row, int64_t begin, int64_t end) { partials[p] = reduce(row, begin, end); });
+  std::vector<Result> results;
+  results.reserve(rows);
+  for (int64_t row = 0; row < rows; ++row) {
+    Partial total = partials[row * pieces_per_row];
+    for (int64_t k = 1; k < pieces_per_row; ++k) total = combine(total, partials[row * pieces_per_row + k]);
+    results.push_back(finish(row, total));
+  }
+  for_each_piece([&](int64_t, int64_t row, int64_t begin, int64_t end) { write(row, begin, end, results[row]); });
+}
+
+}  // namespace tf_fused_losses
+
+#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
