@@ -14,29 +14,13 @@ namespace tf_fused_losses {
 namespace TFL_CPU_ISA {
 namespace {
 
+// Exact shifts: a max loop, then the sums. Needed for soft labels' second
+// exp, and when the provisional shifts of ChunkStats were far off.
 template <typename Acc>
-BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels<Acc>* labels_seen) {
-  const Acc inf = std::numeric_limits<Acc>::infinity();
-  // Loop 1: the shifts, the label counts and the label range.
-  Acc pos_shift = -inf, neg_shift = -inf, pos_count = 0, neg_count = 0;
-  Acc label_min = inf, label_max = -inf, soft_count = 0;
-#pragma omp simd reduction(max : pos_shift, neg_shift, label_max) reduction(min : label_min) \
-    reduction(+ : pos_count, neg_count, soft_count)
-  for (int64_t i = 0; i < n; ++i) {
-    Acc c = logits[i], y = labels[i];
-    Acc pos_candidate = y != Acc(0) ? -c : -inf;
-    Acc neg_candidate = y != Acc(1) ? c : -inf;
-    pos_shift = pos_candidate > pos_shift ? pos_candidate : pos_shift;
-    neg_shift = neg_candidate > neg_shift ? neg_candidate : neg_shift;
-    pos_count += y;
-    neg_count += Acc(1) - y;
-    label_min = y < label_min ? y : label_min;
-    label_max = y > label_max ? y : label_max;
-    soft_count += (y != Acc(0) && y != Acc(1)) ? Acc(1) : Acc(0);
-  }
-  // Loop 2: the shifted sums; the chunk is still in L1.
+void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, Acc pos_shift, Acc neg_shift,
+                 Acc* pos_sum_out, Acc* neg_sum_out) {
   Acc pos_sum = 0, neg_sum = 0;
-  if (soft_count == Acc(0)) {
+  if (!soft) {
 #pragma omp simd reduction(+ : pos_sum, neg_sum)
     for (int64_t i = 0; i < n; ++i) {
       Acc y = labels[i];
@@ -51,24 +35,71 @@ BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, Bpml
       neg_sum += BpmllNegativeTerm(logits[i], labels[i], neg_shift);
     }
   }
-  // NaN logits may be dropped by the max reductions but not by the sums:
-  // a row holding a NaN reads NaN.
+  *pos_sum_out = pos_sum;
+  *neg_sum_out = neg_sum;
+}
+
+// One loop for hard labels: the sums are taken around a guessed shift, the
+// chunk's first logit, while the loop also finds the chunk's logit range.
+// When that range is under 60 every term lies within e^{+-60} and no sum can
+// leave the type's range, which is the common case; otherwise, or for soft
+// labels, a second and third loop redo the sums around the exact maxima.
+template <typename Acc>
+BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels<Acc>* labels_seen) {
+  const Acc inf = std::numeric_limits<Acc>::infinity();
+  const Acc guess = logits[0];
+  Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf;
+  Acc pos_count = 0, label_min = inf, label_max = -inf, softness = 0;
+#pragma omp simd reduction(max : logit_max, label_max) reduction(min : logit_min, label_min) \
+    reduction(+ : pos_sum, neg_sum, pos_count, softness)
+  for (int64_t i = 0; i < n; ++i) {
+    Acc c = logits[i], y = labels[i];
+    logit_min = c < logit_min ? c : logit_min;
+    logit_max = c > logit_max ? c : logit_max;
+    Acc term = BpmllHardTerm(c, y, -guess, guess);
+    pos_sum += y != Acc(0) ? term : Acc(0);
+    neg_sum += y != Acc(0) ? Acc(0) : term;
+    pos_count += y;
+    label_min = y < label_min ? y : label_min;
+    label_max = y > label_max ? y : label_max;
+    softness += y - y * y;  // > 0 exactly when some 0 < y < 1, given y in [0, 1]
+  }
+  const bool soft = softness != Acc(0);
+  BpmllStats<Acc> stats;
+  stats.pos_count = static_cast<double>(pos_count);
+  stats.neg_count = static_cast<double>(n) - static_cast<double>(pos_count);
+  stats.pos_shift = -guess;
+  stats.neg_shift = guess;
+  // NaN or infinite logits fail this test and take the exact path, which
+  // keeps a NaN in the sums.
+  if (soft || !(logit_max - logit_min <= Acc(60))) {
+    Acc pos_shift = -inf, neg_shift = -inf;
+#pragma omp simd reduction(max : pos_shift, neg_shift)
+    for (int64_t i = 0; i < n; ++i) {
+      Acc c = logits[i], y = labels[i];
+      Acc pos_candidate = y != Acc(0) ? -c : -inf;
+      Acc neg_candidate = y != Acc(1) ? c : -inf;
+      pos_shift = pos_candidate > pos_shift ? pos_candidate : pos_shift;
+      neg_shift = neg_candidate > neg_shift ? neg_candidate : neg_shift;
+    }
+    stats.pos_shift = pos_shift;
+    stats.neg_shift = neg_shift;
+    ShiftedSums(logits, labels, n, soft, pos_shift, neg_shift, &pos_sum, &neg_sum);
+  }
+  if (stats.pos_count == 0.0) stats.pos_shift = -inf;
+  if (stats.neg_count == 0.0) stats.neg_shift = -inf;
+  stats.pos_sum = pos_sum;
+  stats.neg_sum = neg_sum;
   labels_seen->min = label_min;
   labels_seen->max = label_max;
-  labels_seen->soft = soft_count != Acc(0);
-  BpmllStats<Acc> stats;
-  stats.pos_shift = pos_shift;
-  stats.pos_sum = pos_sum;
-  stats.neg_shift = neg_shift;
-  stats.neg_sum = neg_sum;
-  stats.pos_count = static_cast<double>(pos_count);
-  stats.neg_count = static_cast<double>(neg_count);
+  labels_seen->soft = soft;
   return stats;
 }
 
 template <typename Acc>
-void ChunkGradient(const BpmllRowResult<Acc>& row, const Acc* logits, const Acc* labels, int64_t n, bool soft,
+void ChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, const Acc* labels, int64_t n, bool soft,
                    Acc* gradient_out) {
+  const BpmllRowResult<Acc> row = row_in;  // a local copy: the stores below cannot alias it
   if (soft) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) gradient_out[i] = BpmllGradient(row, logits[i], labels[i]);

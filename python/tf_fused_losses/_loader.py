@@ -21,6 +21,7 @@ _lock = threading.Lock()
 _library = None
 
 
+@tf.autograph.experimental.do_not_convert
 def use_pure_tf():
     """True when TF_FUSED_LOSSES_PY_OPS asks for the pure-TF reference path."""
     return os.environ.get(PURE_TF_ENV, "").strip().lower() in ("1", "true", "yes", "on")
@@ -44,6 +45,7 @@ def _fallback_hint():
     return f"Set {PURE_TF_ENV}=1 to use the pure-TF implementations instead (slower, same results)."
 
 
+@tf.autograph.experimental.do_not_convert
 def ops():
     """The loaded op library (a module of generated op wrappers)."""
     global _library

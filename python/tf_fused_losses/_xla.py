@@ -10,6 +10,7 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
 
+@tf.autograph.experimental.do_not_convert
 def in_xla_context():
     if tf.executing_eagerly():
         return False

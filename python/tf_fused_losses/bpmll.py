@@ -41,9 +41,9 @@ def bpmll_loss(y_true, y_pred, name=None):
 
 @tf.RegisterGradient("FusedBpmllLoss")
 def _fused_bpmll_loss_grad(op, grad_loss, unused_grad_of_grad):
-    # The op already wrote d loss_i / d y_pred; second derivatives are not
-    # provided (unused_grad_of_grad is ignored).
-    return [None, tf.expand_dims(grad_loss, -1) * op.outputs[1]]
+    # The op already wrote d loss_i / d y_pred; this scales its rows, in place
+    # where TF allows. Second derivatives are not provided.
+    return [None, ops().fused_bpmll_loss_grad(grad_loss=grad_loss, cached_grad=op.outputs[1])]
 
 
 @keras.saving.register_keras_serializable(package="tf_fused_losses")
