@@ -27,10 +27,13 @@ def use_pure_tf():
     return os.environ.get(PURE_TF_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=None)
 def build_info():
     """What the op library was built against: TF, CUDA, archs, compiler."""
-    path = os.path.join(_HERE, BUILD_INFO_NAME)
+    return dict(_read_build_info(os.path.join(_HERE, BUILD_INFO_NAME)))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_build_info(path):
     if not os.path.exists(path):
         return {}
     with open(path) as f:
