@@ -1,0 +1,260 @@
+"""Tables, targets and the plot of bench/run.py, from the workers' raw results."""
+
+import collections
+
+IMPL_LABELS = {
+    "fused": "fused op",
+    "graph": "pure TF, graph",
+    "xla": "pure TF, XLA",
+    "pairwise": "seed pairwise, graph",
+    "peer": "bpmll (PyPI), graph",
+}
+OP_TITLES = {
+    "bpmll": ("BP-MLL", "tf_fused_losses.bpmll_loss", "L"),
+    "correlation": ("Pearson correlation", "tf_fused_losses.correlation_loss", "T"),
+    "ccc": ("CCC", "tf_fused_losses.ccc_loss", "T"),
+}
+SHORT_DTYPES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "uint8": "u8", "bool": "bool",
+                "int32": "i32", "int64": "i64"}
+COLUMNS = ("B", "len", "y_pred/y_true", "pass", "implementation", "median ms", "IQR ms", "min-max ms", "ns/elem",
+           "GB/s", "% copy", "peak extra MiB", "peak/y_pred", "fused speedup")
+
+
+def _key(row):
+    return (row["op"], row["batch"], row["length"], row["pred_dtype"], row["label_dtype"], row["mode"])
+
+
+def derive(results, copy_gbps):
+    """Adds per-element time, bandwidth, memory ratio and the fused op's speedup."""
+    fused = {_key(r): r for r in results if r["impl"] == "fused" and r["status"] == "ok"}
+    rows = []
+    for r in results:
+        row = dict(r)
+        row["elements"] = r["batch"] * r["length"]
+        if r["status"] == "ok":
+            row["ns_per_element"] = r["median_s"] / row["elements"] * 1e9
+            row["gbps"] = r["bytes"] / r["median_s"] / 1e9
+            row["copy_fraction"] = row["gbps"] / copy_gbps
+            if r["y_pred_bytes"] < r.get("memory_floor_bytes", 0):
+                # Too small for the allocator's statistics to see.
+                row["peak_extra_bytes"] = None
+            peak = row.get("peak_extra_bytes")
+            row["peak_over_y_pred"] = None if peak is None else peak / r["y_pred_bytes"]
+            base = fused.get(_key(r))
+            row["fused_speedup"] = r["median_s"] / base["median_s"] if base and r["impl"] != "fused" else None
+        rows.append(row)
+    return rows
+
+
+def _ms(seconds):
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _pass_label(row):
+    if row["mode"] == "fwd":
+        return "fwd"
+    return f"fwd+bwd [{row['grad_wrt']}]"
+
+
+def _dtypes(row):
+    return f"{SHORT_DTYPES[row['pred_dtype']]}/{SHORT_DTYPES[row['label_dtype']]}"
+
+
+def _cells(row):
+    peak = row.get("peak_extra_bytes")
+    speedup = row.get("fused_speedup")
+    return [
+        str(row["batch"]),
+        str(row["length"]),
+        _dtypes(row),
+        _pass_label(row),
+        IMPL_LABELS[row["impl"]],
+        _ms(row["median_s"]),
+        _ms(row["q3_s"] - row["q1_s"]),
+        f"{_ms(row['min_s'])}-{_ms(row['max_s'])}",
+        f"{row['ns_per_element']:.3g}",
+        f"{row['gbps']:.3g}",
+        f"{100 * row['copy_fraction']:.2g}",
+        "n/a" if peak is None else f"{peak / 2**20:.3g}",
+        "n/a" if peak is None else f"{row['peak_over_y_pred']:.2f}",
+        "-" if speedup is None else f"{speedup:.3g}x",
+    ]
+
+
+def _table(rows, length_name):
+    header = [length_name if c == "len" else c for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cells(row)) + " |")
+    return lines
+
+
+def _not_run(rows):
+    """One line per reason, listing the sizes, dtypes and passes it covers."""
+    by_reason = collections.OrderedDict()
+    for r in rows:
+        if r["status"] != "ok":
+            what = f"{IMPL_LABELS[r['impl']]} ({r['status']})"
+            by_reason.setdefault((what, r["reason"]), []).append(
+                f"{r['batch']}x{r['length']} {_dtypes(r)} {r['mode']}")
+    return [f"- {what} at {', '.join(cases)}: {reason}" for (what, reason), cases in by_reason.items()]
+
+
+# --------------------------------------------------------------------------
+# The issue's targets
+# --------------------------------------------------------------------------
+
+
+def _find(rows, op, batch, length, mode, impl):
+    for r in rows:
+        if (r["op"], r["batch"], r["length"], r["mode"], r["impl"]) == (op, batch, length, mode, impl) and (
+                r["pred_dtype"], r["label_dtype"]) == ("float32", "float32"):
+            return r
+    return None
+
+
+def _speedup_target(rows, op, batch, length, mode, impl, at_least):
+    fused = _find(rows, op, batch, length, mode, "fused")
+    other = _find(rows, op, batch, length, mode, impl)
+    for name, r in (("fused op", fused), (IMPL_LABELS[impl], other)):
+        if r is None:
+            return None, "not measured in this run"
+        if r["status"] != "ok":
+            return None, f"{name} {r['status']}: {r['reason']}"
+    ratio = other["median_s"] / fused["median_s"]
+    return ratio >= at_least, f"{ratio:.3g}x"
+
+
+def targets(rows):
+    """(description, met: True/False/None, measured) for each target of the issue."""
+    out = []
+    met_speed, speed = _speedup_target(rows, "bpmll", 256, 30000, "fwd+bwd", "xla", 3)
+    fused = _find(rows, "bpmll", 256, 30000, "fwd+bwd", "fused")
+    if fused is not None and fused["status"] == "ok":
+        bandwidth_met = fused["copy_fraction"] >= 0.5
+        measured = f"{speed} faster; {100 * fused['copy_fraction']:.0f}% of copy bandwidth"
+        met = None if met_speed is None else (met_speed and bandwidth_met)
+    else:
+        measured, met = speed, None
+    out.append(("BP-MLL fwd+bwd, B=256, L=30000, float32: >= 3x faster than XLA factored pure TF, "
+                "and >= 50% of copy bandwidth", met, measured))
+    for mode in ("fwd+bwd", "fwd"):
+        met, measured = _speedup_target(rows, "bpmll", 256, 1000, mode, "pairwise", 300)
+        out.append((f"BP-MLL {mode}, B=256, L=1000: >= 300x faster than the seed's pairwise form", met, measured))
+    for mode in ("fwd+bwd", "fwd"):
+        met, measured = _speedup_target(rows, "bpmll", 256, 18, mode, "graph", 1)
+        out.append((f"BP-MLL {mode}, B=256, L=18: no slower than pure-TF factored in graph mode (speedup >= 1)",
+                    met, measured))
+    met, measured = _speedup_target(rows, "correlation", 64, 100000, "fwd+bwd", "xla", 3)
+    out.append(("Correlation fwd+bwd, B=64, T=100000: >= 3x faster than the XLA-compiled seed formula", met, measured))
+    fused = _find(rows, "bpmll", 64, 200000, "fwd+bwd", "fused")
+    if fused is None:
+        met, measured = None, "not measured in this run"
+    elif fused["status"] != "ok":
+        met, measured = None, f"fused op {fused['status']}: {fused['reason']}"
+    elif fused.get("peak_extra_bytes") is None:
+        met, measured = None, "no memory statistics on this machine"
+    else:
+        met = fused["peak_over_y_pred"] <= 3
+        measured = f"{fused['peak_over_y_pred']:.2f}x y_pred ({fused['peak_extra_bytes'] / 2**20:.0f} MiB)"
+    out.append(("Peak extra memory of a BP-MLL fwd+bwd step at B=64, L=200000: <= 3x the size of y_pred", met, measured))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------
+
+
+def markdown(meta, rows):
+    copy = meta["copy_bandwidth"]
+    machine = meta["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {machine.get('cpu', 'unknown CPU')}, {machine.get('nproc')} CPUs, "
+        f"{machine.get('memory_gib', '?')} GiB; TensorFlow {meta['tensorflow']} "
+        f"({meta['intra_op_threads']} intra-op threads, oneDNN {meta['onednn']}), "
+        f"tf_fused_losses {meta['tf_fused_losses']}.",
+        "",
+        f"Copy bandwidth ({copy['megabytes']} MiB array, read + write bytes, best of 5): numpy copy "
+        f"{copy['numpy_copy_gbps']:.3g} GB/s, TF negation {copy['tf_negate_gbps']:.3g} GB/s; "
+        f"'% copy' is against {copy['reference_gbps']:.3g} GB/s.",
+        "",
+        f"Peak memory: {_memory_method(rows)}.",
+    ]
+    for op in ("bpmll", "correlation", "ccc"):
+        op_rows = [r for r in rows if r["op"] == op]
+        if not op_rows:
+            continue
+        title, function, length_name = OP_TITLES[op]
+        lines += ["", f"## {title}", ""]
+        lines.append(f"Fused: `{function}`; pure TF: `{meta['reference'][op]}`.")
+        lines.append("")
+        lines += _table([r for r in op_rows if r["status"] == "ok"], length_name)
+        missing = _not_run(op_rows)
+        if missing:
+            lines += ["", "Not run:", ""] + missing
+    lines += ["", "## Targets", ""]
+    for description, met, measured in targets(rows):
+        box = {True: "[x]", False: "[ ]", None: "[ ]"}[met]
+        verdict = {True: "met: ", False: "NOT met: ", None: ""}[met]
+        lines.append(f"- {box} {description} - {verdict}{measured}")
+    if meta.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in meta["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _memory_method(rows):
+    methods = {r.get("memory_method") for r in rows if r["status"] == "ok"}
+    if methods == {"tf-allocator"}:
+        return ("TF's CPU allocator statistics (peak during one call minus bytes in use before it, "
+                "tf.config.experimental.get_memory_info); they miss allocations under 256 KiB, so cases whose "
+                "y_pred is smaller read n/a")
+    if methods == {"vmhwm"}:
+        return "the process's peak resident size during one call minus its resident size before it (VmHWM)"
+    return "methods used: " + ", ".join(sorted(str(m) for m in methods))
+
+
+# --------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------
+
+
+def plot(plt, rows, path):
+    """Time per element against the row length, log-log: one panel per op and pass."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ops = [op for op in ("bpmll", "correlation", "ccc") if any(r["op"] == op for r in ok)]
+    modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in ok)]
+    if not ops or not modes:
+        return
+    figure, axes = plt.subplots(len(modes), len(ops), figsize=(5 * len(ops), 4 * len(modes)), squeeze=False)
+    for col, op in enumerate(ops):
+        title, _, length_name = OP_TITLES[op]
+        for line_row, mode in enumerate(modes):
+            ax = axes[line_row][col]
+            lines = collections.OrderedDict()
+            for r in ok:
+                if r["op"] != op or r["mode"] != mode:
+                    continue
+                label = IMPL_LABELS[r["impl"]]
+                if (r["pred_dtype"], r["label_dtype"]) != ("float32", "float32"):
+                    label += f" {_dtypes(r)}"
+                lines.setdefault(label, []).append((r["length"], r["ns_per_element"], r["impl"]))
+            for label, points in lines.items():
+                points.sort()
+                style = "-" if label == IMPL_LABELS[points[0][2]] else ":"
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", markersize=3, label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{length_name} (batch differs by size, see the table)")
+            ax.set_ylabel("ns per element")
+            ax.set_title(f"{title}, {mode}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,158 @@
+"""bench/run.py: a tiny run end to end, and the report's arithmetic.
+
+Nothing here depends on how fast anything is.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tf_fused_losses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+sys.path.insert(0, BENCH)
+
+import report  # noqa: E402
+import run  # noqa: E402
+
+SECTIONS = {"bpmll": "## BP-MLL", "correlation": "## Pearson correlation", "ccc": "## CCC"}
+
+
+def _table_rows(markdown, section):
+    """The data rows of the table under a section heading, as lists of cells."""
+    lines = markdown.split(section + "\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    return header, [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_a_row_per_case(tmp_path):
+    markdown_path = tmp_path / "table.md"
+    json_path = tmp_path / "results.json"
+    env = dict(os.environ)
+    # The workers must load the same build of the package as this test.
+    package_parent = os.path.dirname(os.path.dirname(tf_fused_losses.__file__))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--no-install", "--no-plot",
+               "--bpmll-sizes", "4x18,2x300", "--corr-sizes", "2x40",
+               "--markdown", str(markdown_path), "--json", str(json_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    markdown = markdown_path.read_text()
+    assert done.stdout.strip() == markdown.strip()
+    raw = json.loads(json_path.read_text())
+    results = raw["results"]
+
+    # Every planned case is reported once, in the plan's order.
+    planned = [c for group in run.plan_groups(run.parse_args(command[2:])) for c in group]
+    keys = ("op", "batch", "length", "pred_dtype", "label_dtype", "mode", "impl")
+    assert [tuple(r[k] for k in keys) for r in results] == [tuple(c[k] for k in keys) for c in planned]
+    # One progress line per case.
+    assert len([line for line in done.stderr.splitlines() if line.startswith("[")]) == len(planned)
+
+    must_run = {"bpmll": {"fused", "graph", "xla", "pairwise"}, "correlation": {"graph", "xla"}, "ccc": set()}
+    for op, name in report.OP_TITLES.items():
+        function = name[1].split(".")[-1]
+        if hasattr(tf_fused_losses, function):
+            must_run[op].add("fused")
+    for r in results:
+        if r["impl"] in must_run[r["op"]]:
+            assert r["status"] == "ok", r
+        else:
+            assert r["status"] in ("ok", "skipped"), r
+            if r["status"] == "skipped":
+                assert r["reason"]
+        if r["status"] == "ok":
+            assert r["min_s"] <= r["median_s"] <= r["max_s"]
+            assert r["repeats"] >= 3
+
+    for op, section in SECTIONS.items():
+        header, rows = _table_rows(markdown, section)
+        length_name = "L" if op == "bpmll" else "T"
+        assert header == [length_name if c == "len" else c for c in report.COLUMNS]
+        ok = [r for r in results if r["op"] == op and r["status"] == "ok"]
+        assert len(rows) == len(ok)
+        for row, r in zip(rows, ok):
+            assert row[0] == str(r["batch"]) and row[1] == str(r["length"])
+            assert row[4] == report.IMPL_LABELS[r["impl"]]
+            if r["impl"] == "fused":
+                assert row[-1] == "-"
+            elif r["fused_speedup"] is not None:
+                assert row[-1] == f"{r['fused_speedup']:.3g}x"
+    assert markdown.count("\n- [") == len(report.targets(results))
+
+
+def _result(impl, median, mode="fwd+bwd", op="bpmll", batch=256, length=30000, **extra):
+    elements = batch * length
+    out = {"op": op, "batch": batch, "length": length, "pred_dtype": "float32", "label_dtype": "float32",
+           "mode": mode, "impl": impl, "status": "ok", "median_s": median, "q1_s": median, "q3_s": median,
+           "min_s": median, "max_s": median, "repeats": 5, "bytes": 12 * elements, "y_pred_bytes": 4 * elements,
+           "peak_extra_bytes": 4 * elements, "memory_floor_bytes": 0, "grad_wrt": "y_pred"}
+    out.update(extra)
+    return out
+
+
+def test_derive_compares_each_alternative_with_the_fused_op_of_its_case():
+    results = [
+        _result("fused", 0.010),
+        _result("xla", 0.040),
+        _result("graph", 0.020, pred_dtype="float16"),  # no fused op in its case
+        _result("fused", 0.001, mode="fwd"),
+    ]
+    rows = report.derive(results, copy_gbps=20.0)
+    fused, xla, other_dtype, fused_fwd = rows
+    assert fused["fused_speedup"] is None
+    assert xla["fused_speedup"] == pytest.approx(4.0)
+    assert other_dtype["fused_speedup"] is None
+    assert fused["gbps"] == pytest.approx(12 * 256 * 30000 / 0.010 / 1e9)
+    assert fused["copy_fraction"] == pytest.approx(fused["gbps"] / 20.0)
+    assert fused["peak_over_y_pred"] == pytest.approx(1.0)
+    assert fused_fwd["ns_per_element"] == pytest.approx(0.001 / (256 * 30000) * 1e9)
+
+
+def test_derive_hides_memory_below_the_allocators_floor():
+    small = _result("fused", 0.001, batch=4, length=18, memory_floor_bytes=256 << 10, peak_extra_bytes=0)
+    (row,) = report.derive([small], copy_gbps=20.0)
+    assert row["peak_extra_bytes"] is None and row["peak_over_y_pred"] is None
+    assert "n/a" in report._cells(row)
+
+
+def test_targets_read_the_matching_cases():
+    copy_gbps = 20.0
+    # 12 bytes per element at 0.010 s: 9.2 GB/s, 46% of 20 GB/s.
+    rows = report.derive(
+        [
+            _result("fused", 0.010),
+            _result("xla", 0.031),
+            _result("fused", 0.0010, batch=256, length=1000),
+            _result("pairwise", 0.20, batch=256, length=1000),
+            _result("fused", 0.004, batch=64, length=200000, peak_extra_bytes=2 * 4 * 64 * 200000),
+        ],
+        copy_gbps,
+    )
+    verdicts = {description.split(":")[0]: (met, measured) for description, met, measured in report.targets(rows)}
+    met, measured = verdicts["BP-MLL fwd+bwd, B=256, L=30000, float32"]
+    assert met is False and "3.1x" in measured and "46%" in measured
+    assert verdicts["BP-MLL fwd+bwd, B=256, L=1000"][0] is False  # 200x < 300x
+    assert verdicts["BP-MLL fwd, B=256, L=1000"] == (None, "not measured in this run")
+    assert verdicts["Peak extra memory of a BP-MLL fwd+bwd step at B=64, L=200000"][0] is True
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--bpmll-sizes", "256", "batch x length"),
+        ("--corr-dtypes", "float32:int8", "y_pred:y_true"),
+        ("--ops", "bpmll,focal", "subset of"),
+    ],
+)
+def test_bad_options_are_named(flag, value, message):
+    with pytest.raises(SystemExit) as raised:
+        run.parse_args([flag, value])
+    assert flag in str(raised.value) and message in str(raised.value)
