@@ -17,17 +17,17 @@ namespace {
 // second loop also sums the residuals, whose square removes the rounding of
 // the first loop's mean (the corrected two-pass algorithm).
 template <typename Acc, bool kMasked>
-CorrelationMoments<Acc> ChunkMoments(const Acc* x, const Acc* y, const bool* valid, int64_t n) {
+CorrelationMoments<Acc> ChunkMoments(const Acc* x, const Acc* y, const uint8_t* valid, int64_t n) {
   int64_t first = 0;
   if (kMasked) {
-    while (first < n && !valid[first]) ++first;
+    while (first < n && valid[first] == 0) ++first;
     if (first == n) return CorrelationEmptyMoments<Acc>();
   }
   const Acc shift_x = x[first], shift_y = y[first];
   Acc count = 0, sum_x = 0, sum_y = 0;
 #pragma omp simd reduction(+ : count, sum_x, sum_y)
   for (int64_t i = first; i < n; ++i) {
-    const bool v = kMasked ? valid[i] : true;
+    const bool v = kMasked ? valid[i] != 0 : true;
     count += v ? Acc(1) : Acc(0);
     sum_x += v ? x[i] - shift_x : Acc(0);
     sum_y += v ? y[i] - shift_y : Acc(0);
@@ -36,7 +36,7 @@ CorrelationMoments<Acc> ChunkMoments(const Acc* x, const Acc* y, const bool* val
   Acc m2_x = 0, m2_y = 0, residual_x = 0, residual_y = 0;
 #pragma omp simd reduction(+ : m2_x, m2_y, residual_x, residual_y)
   for (int64_t i = first; i < n; ++i) {
-    const bool v = kMasked ? valid[i] : true;
+    const bool v = kMasked ? valid[i] != 0 : true;
     const Acc dx = (x[i] - shift_x) - mean_dx;
     const Acc dy = (y[i] - shift_y) - mean_dy;
     m2_x += v ? dx * dx : Acc(0);
@@ -57,21 +57,21 @@ CorrelationMoments<Acc> ChunkMoments(const Acc* x, const Acc* y, const bool* val
 }
 
 template <typename Acc, bool kMasked>
-void ChunkLoss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const bool* valid, int64_t n,
+void ChunkLoss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n,
                Acc* loss_out) {
   const CorrelationRow<Acc> r = row;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) loss_out[i] = CorrelationElementLoss(r, x[i], y[i], kMasked ? valid[i] : true);
+  for (int64_t i = 0; i < n; ++i) loss_out[i] = CorrelationElementLoss(r, x[i], y[i], kMasked ? valid[i] != 0 : true);
 }
 
 template <typename Acc, bool kMasked>
 CorrelationGradSums<Acc> ChunkGradSums(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x,
-                                       const Acc* y, const bool* valid, int64_t n) {
+                                       const Acc* y, const uint8_t* valid, int64_t n) {
   const CorrelationRow<Acc> r = row;
   Acc cross = 0, sum_x = 0, sum_y = 0;
 #pragma omp simd reduction(+ : cross, sum_x, sum_y)
   for (int64_t i = 0; i < n; ++i) {
-    const CorrelationGradSums<Acc> t = CorrelationGradTerms(r, grad_loss[i], x[i], y[i], kMasked ? valid[i] : true);
+    const CorrelationGradSums<Acc> t = CorrelationGradTerms(r, grad_loss[i], x[i], y[i], kMasked ? valid[i] != 0 : true);
     cross += t.weighted_cross;
     sum_x += t.weighted_x;
     sum_y += t.weighted_y;
@@ -81,11 +81,11 @@ CorrelationGradSums<Acc> ChunkGradSums(const CorrelationRow<Acc>& row, const Acc
 
 template <typename Acc, bool kMasked>
 void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-                   const bool* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
+                   const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
   const CorrelationGradCoeffs<Acc> c = coeffs;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const bool v = kMasked ? valid[i] : true;
+    const bool v = kMasked ? valid[i] != 0 : true;
     grad_x_out[i] = CorrelationGradientX(c, grad_loss[i], x[i], y[i], v);
     grad_y_out[i] = CorrelationGradientY(c, grad_loss[i], x[i], y[i], v);
   }
@@ -93,25 +93,25 @@ void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_los
 
 // The entry points pick the unmasked loops, which load no mask at all.
 template <typename Acc>
-CorrelationMoments<Acc> Moments(const Acc* x, const Acc* y, const bool* valid, int64_t n) {
+CorrelationMoments<Acc> Moments(const Acc* x, const Acc* y, const uint8_t* valid, int64_t n) {
   return valid ? ChunkMoments<Acc, true>(x, y, valid, n) : ChunkMoments<Acc, false>(x, y, valid, n);
 }
 
 template <typename Acc>
-void Loss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const bool* valid, int64_t n, Acc* loss_out) {
+void Loss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n, Acc* loss_out) {
   valid ? ChunkLoss<Acc, true>(row, x, y, valid, n, loss_out) : ChunkLoss<Acc, false>(row, x, y, valid, n, loss_out);
 }
 
 template <typename Acc>
 CorrelationGradSums<Acc> GradSums(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x, const Acc* y,
-                                  const bool* valid, int64_t n) {
+                                  const uint8_t* valid, int64_t n) {
   return valid ? ChunkGradSums<Acc, true>(row, grad_loss, x, y, valid, n)
                : ChunkGradSums<Acc, false>(row, grad_loss, x, y, valid, n);
 }
 
 template <typename Acc>
 void Gradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-              const bool* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
+              const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
   valid ? ChunkGradient<Acc, true>(coeffs, grad_loss, x, y, valid, n, grad_x_out, grad_y_out)
         : ChunkGradient<Acc, false>(coeffs, grad_loss, x, y, valid, n, grad_x_out, grad_y_out);
 }

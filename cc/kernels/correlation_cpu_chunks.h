@@ -3,8 +3,9 @@
 // per x86-64 level, like bpmll_cpu_chunks.cc, and the best one this CPU runs
 // is picked at load time (correlation_cpu_dispatch.cc).
 //
-// valid is the row's mask at the chunk (true = valid step) or nullptr when
-// every step is valid.
+// valid is the row's bool mask at the chunk, read as bytes (nonzero = valid
+// step; GCC vectorises no loads of bool), or nullptr when every step is
+// valid.
 #ifndef TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_
 #define TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_
 
@@ -19,13 +20,13 @@ struct CorrelationChunkOps {
   const char* isa;
   // Moments of the chunk's valid steps. The chunk should fit in L1: it is
   // read twice (mean, then centred sums).
-  CorrelationMoments<Acc> (*moments)(const Acc* x, const Acc* y, const bool* valid, int64_t n);
-  void (*loss)(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const bool* valid, int64_t n,
+  CorrelationMoments<Acc> (*moments)(const Acc* x, const Acc* y, const uint8_t* valid, int64_t n);
+  void (*loss)(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n,
                Acc* loss_out);
   CorrelationGradSums<Acc> (*grad_sums)(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x,
-                                        const Acc* y, const bool* valid, int64_t n);
+                                        const Acc* y, const uint8_t* valid, int64_t n);
   void (*gradient)(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-                   const bool* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out);
+                   const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out);
 };
 
 template <typename Acc>

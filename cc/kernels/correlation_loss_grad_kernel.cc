@@ -33,7 +33,9 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
     const Acc epsilon = static_cast<Acc>(args.epsilon);
-    auto mask_at = [&](int64_t at) -> const bool* { return args.mask ? args.mask + at : nullptr; };
+    auto mask_at = [&](int64_t at) -> const uint8_t* {
+      return args.mask ? reinterpret_cast<const uint8_t*>(args.mask + at) : nullptr;
+    };
     auto row_of = [&](int64_t row) {
       return CorrelationFinish(CorrelationLoadMoments<Acc>(args.row_stats + row * kCorrelationRowStats), epsilon,
                                args.concordance);

@@ -32,7 +32,9 @@ struct CorrelationLossFunctor<CPUDevice, T> {
     using Acc = typename AccumulatorOf<T>::type;
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
-    auto mask_at = [&](int64_t at) -> const bool* { return args.mask ? args.mask + at : nullptr; };
+    auto mask_at = [&](int64_t at) -> const uint8_t* {
+      return args.mask ? reinterpret_cast<const uint8_t*>(args.mask + at) : nullptr;
+    };
 
     auto moments = [&](int64_t row, int64_t begin, int64_t end) {
       AccChunk<Acc, T> x, y;

@@ -27,8 +27,8 @@ REGISTER_OP("FusedCorrelationLoss")
 Per-step Pearson (concordance = false) or CCC (concordance = true) loss of
 x = y_pred against y = y_true, with moments over the valid steps of each row:
 
-Pearson: loss[b, t] = 1 - (x_t - mean x)(y_t - mean y) / (std x * std y + epsilon)
-CCC:     loss[b, t] = 1 - 2 (x_t - mean x)(y_t - mean y) / (var x + var y + (mean x - mean y)^2 + epsilon)
+  loss[b, t] = 1 - (x_t - mean x)(y_t - mean y) / (std x * std y + epsilon)              (Pearson)
+  loss[b, t] = 1 - 2 (x_t - mean x)(y_t - mean y) / (var x + var y + (mean x - mean y)^2 + epsilon)   (CCC)
 
 (population moments). y_true and y_pred are (batch, steps) or (batch, steps, 1).
 mask is (batch, steps), true on valid steps, or an empty vector for no mask;

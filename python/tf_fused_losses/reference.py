@@ -98,3 +98,125 @@ def bpmll_loss_pure_tf(y_true, y_pred):
     )
     loss = tf.where(has_pairs, tf.exp(log_loss), tf.zeros_like(log_loss))
     return tf.cast(loss, out_dtype)
+
+
+# --------------------------------------------------------------------------
+# Correlation and CCC (per step, for sequence labelling)
+# --------------------------------------------------------------------------
+
+
+def _as_steps(t):
+    """(batch, steps) view of a (batch, steps) or (batch, steps, 1) tensor."""
+    if t.shape.rank == 3:
+        return tf.squeeze(t, axis=-1)
+    if t.shape.rank is None:
+        return tf.reshape(t, tf.shape(t)[:2])
+    return t
+
+
+def _seed_moments(seq, valid):
+    """Mean and centred values of each row over the valid steps; population
+    variance. valid is None (every step) or a bool (batch, steps) mask."""
+    if valid is None:
+        mean = tf.reduce_mean(seq, axis=-1, keepdims=True)
+        centred = seq - mean
+        return mean, centred, tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+    weights = tf.cast(valid, seq.dtype)
+    count = tf.reduce_sum(weights, axis=-1, keepdims=True)
+    mean = tf.reduce_sum(tf.where(valid, seq, 0), axis=-1, keepdims=True) / count
+    centred = tf.where(valid, seq - mean, 0)
+    return mean, centred, tf.reduce_sum(tf.square(centred), axis=-1, keepdims=True) / count
+
+
+def _seed_correlation(y_true, y_pred, epsilon, mask, concordance):
+    y_pred = _as_steps(tf.convert_to_tensor(y_pred))
+    y_true = _as_steps(tf.cast(y_true, y_pred.dtype))
+    valid = None if mask is None else tf.cast(mask, tf.bool)
+    mean_true, centred_true, var_true = _seed_moments(y_true, valid)
+    mean_pred, centred_pred, var_pred = _seed_moments(y_pred, valid)
+    nominator = centred_true * centred_pred
+    if concordance:
+        loss = 1.0 - 2.0 * nominator / (var_true + var_pred + tf.square(mean_true - mean_pred) + epsilon)
+    else:
+        loss = 1.0 - nominator / (tf.sqrt(var_true * var_pred) + epsilon)
+    return loss if valid is None else tf.where(valid, loss, tf.zeros_like(loss))
+
+
+def correlation_loss(y_true, y_pred, epsilon=1e-7, mask=None):
+    """The seed's final `my_loss`, per step, shape (batch, steps):
+
+        1 - (y_t - mean y)(x_t - mean x) / (sqrt(var y * var x) + epsilon)
+
+    with x = y_pred, population moments over the steps, computed in y_pred's
+    dtype. Inputs are (batch, steps) or (batch, steps, 1). With a mask
+    (batch, steps), true on valid steps, the moments use the valid steps
+    only and masked steps give 0. A constant row gives 0/eps terms, fine in
+    value, but its gradient is of order 1/epsilon, and a row with no valid
+    step gives NaN.
+    """
+    return _seed_correlation(y_true, y_pred, epsilon, mask, concordance=False)
+
+
+def ccc_loss(y_true, y_pred, epsilon=1e-7, mask=None):
+    """The concordance correlation loss of the AVEC baselines, per step:
+
+        1 - 2 (y_t - mean y)(x_t - mean x) / (var y + var x + (mean y - mean x)^2 + epsilon)
+
+    Same conventions as `correlation_loss`.
+    """
+    return _seed_correlation(y_true, y_pred, epsilon, mask, concordance=True)
+
+
+def _correlation_pure_tf(y_true, y_pred, epsilon, mask, concordance):
+    y_pred = tf.convert_to_tensor(y_pred)
+    out_dtype = y_pred.dtype
+    acc = tf.float64 if out_dtype == tf.float64 else tf.float32
+    x = tf.cast(_as_steps(y_pred), acc)
+    y = tf.cast(_as_steps(tf.convert_to_tensor(y_true)), acc)
+    valid = tf.ones_like(x, dtype=tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    count = tf.reduce_sum(tf.cast(valid, acc), axis=1, keepdims=True)
+    safe_count = tf.maximum(count, 1)
+    # Shifting by the first valid value makes a constant row's centred
+    # values exactly 0 (as in the op); the shift cancels in every moment.
+    first = tf.argmax(tf.cast(valid, tf.int32), axis=1, output_type=tf.int32)
+
+    def centred(v):
+        shifted = v - tf.stop_gradient(tf.gather(v, first, axis=1, batch_dims=1))[:, None]
+        shifted = tf.where(valid, shifted, tf.zeros_like(shifted))
+        mean_shifted = tf.reduce_sum(shifted, axis=1, keepdims=True) / safe_count
+        c = tf.where(valid, shifted - mean_shifted, tf.zeros_like(shifted))
+        return c, mean_shifted, tf.reduce_sum(tf.square(c), axis=1, keepdims=True) / safe_count
+
+    cx, mean_shifted_x, var_x = centred(x)
+    cy, mean_shifted_y, var_y = centred(y)
+    if concordance:
+        shift_gap = tf.stop_gradient(tf.gather(x - y, first, axis=1, batch_dims=1))[:, None]
+        gap = shift_gap + mean_shifted_x - mean_shifted_y
+        denominator = var_x + var_y + tf.square(gap) + epsilon
+        degenerate = tf.logical_or(count == 0, denominator == 0)
+        numerator_scale = 2.0
+    else:
+        degenerate = tf.logical_or(count < 2, tf.logical_or(var_x == 0, var_y == 0))
+        # The inner where keeps sqrt's derivative at 0 (inf) out of the
+        # gradient of degenerate rows, which the outer where then zeroes.
+        std_x = tf.sqrt(tf.where(degenerate, tf.ones_like(var_x), var_x))
+        std_y = tf.sqrt(tf.where(degenerate, tf.ones_like(var_y), var_y))
+        denominator = std_x * std_y + epsilon
+        numerator_scale = 1.0
+    safe_denominator = tf.where(degenerate, tf.ones_like(denominator), denominator)
+    scale = tf.where(degenerate, tf.zeros_like(denominator), numerator_scale / safe_denominator)
+    loss = tf.where(valid, 1.0 - scale * cx * cy, tf.zeros_like(cx))
+    return tf.cast(loss, out_dtype)
+
+
+def correlation_loss_pure_tf(y_true, y_pred, epsilon=1e-7, mask=None):
+    """Per-step Pearson loss with the fused op's conventions, in pure TF
+    (XLA-compilable): accumulates in float32 at least; constant rows and rows
+    with fewer than 2 valid steps give loss 1 on valid steps and gradient 0;
+    masked steps give 0; denominator sqrt(var x) sqrt(var y) + epsilon."""
+    return _correlation_pure_tf(y_true, y_pred, epsilon, mask, concordance=False)
+
+
+def ccc_loss_pure_tf(y_true, y_pred, epsilon=1e-7, mask=None):
+    """Per-step CCC loss with the fused op's conventions, in pure TF."""
+    return _correlation_pure_tf(y_true, y_pred, epsilon, mask, concordance=True)
