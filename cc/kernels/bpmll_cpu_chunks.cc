@@ -48,10 +48,9 @@ template <typename Acc>
 BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels<Acc>* labels_seen) {
   const Acc inf = std::numeric_limits<Acc>::infinity();
   const Acc guess = logits[0];
-  Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf;
-  Acc pos_count = 0, label_min = inf, label_max = -inf, softness = 0;
-#pragma omp simd reduction(max : logit_max, label_max) reduction(min : logit_min, label_min) \
-    reduction(+ : pos_sum, neg_sum, pos_count, softness)
+  Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf, pos_count = 0, not_hard = 0;
+#pragma omp simd reduction(max : logit_max) reduction(min : logit_min) \
+    reduction(+ : pos_sum, neg_sum, pos_count, not_hard)
   for (int64_t i = 0; i < n; ++i) {
     Acc c = logits[i], y = labels[i];
     logit_min = c < logit_min ? c : logit_min;
@@ -60,11 +59,28 @@ BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, Bpml
     pos_sum += y != Acc(0) ? term : Acc(0);
     neg_sum += y != Acc(0) ? Acc(0) : term;
     pos_count += y;
-    label_min = y < label_min ? y : label_min;
-    label_max = y > label_max ? y : label_max;
-    softness += y - y * y;  // > 0 exactly when some 0 < y < 1, given y in [0, 1]
+    // |y - y^2| is 0 exactly for y in {0, 1}: soft and out-of-range labels
+    // both show here, and are told apart by a loop that only they pay for.
+    Acc y_spread = y - y * y;
+    not_hard += y_spread < Acc(0) ? -y_spread : y_spread;
   }
-  const bool soft = softness != Acc(0);
+  labels_seen->min = Acc(0);
+  labels_seen->max = Acc(1);
+  labels_seen->soft = false;
+  if (not_hard != Acc(0)) {
+    Acc label_min = inf, label_max = -inf, soft_count = 0;
+#pragma omp simd reduction(max : label_max) reduction(min : label_min) reduction(+ : soft_count)
+    for (int64_t i = 0; i < n; ++i) {
+      Acc y = labels[i];
+      label_min = y < label_min ? y : label_min;
+      label_max = y > label_max ? y : label_max;
+      soft_count += (y != Acc(0) && y != Acc(1)) ? Acc(1) : Acc(0);
+    }
+    labels_seen->min = label_min;
+    labels_seen->max = label_max;
+    labels_seen->soft = soft_count != Acc(0);
+  }
+  const bool soft = labels_seen->soft;
   BpmllStats<Acc> stats;
   stats.pos_count = static_cast<double>(pos_count);
   stats.neg_count = static_cast<double>(n) - static_cast<double>(pos_count);
@@ -90,9 +106,6 @@ BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, Bpml
   if (stats.neg_count == 0.0) stats.neg_shift = -inf;
   stats.pos_sum = pos_sum;
   stats.neg_sum = neg_sum;
-  labels_seen->min = label_min;
-  labels_seen->max = label_max;
-  labels_seen->soft = soft;
   return stats;
 }
 
