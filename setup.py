@@ -8,15 +8,27 @@ Environment knobs:
   TFL_JOBS=N                parallel compile jobs
 """
 
+import email.policy
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import warnings
+from email.generator import Generator
+from email.parser import Parser
 from importlib import metadata
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1 still takes it from the wheel package
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from wheel.bdist_wheel import bdist_wheel
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "tf_fused_losses"
@@ -73,6 +85,59 @@ class CMakeBuild(build_ext):
         return [os.path.join(self.build_lib, PACKAGE, LIBRARY)]
 
 
+def describe_build(info):
+    """One sentence naming what the op library was built for, from its build_info.json."""
+    text = f"Op library built against TensorFlow {info.get('tensorflow', 'unknown')}"
+    if info.get("cuda"):
+        archs = ", ".join(str(arch) for arch in info.get("cuda_archs") or []) or "the toolkit's default archs"
+        return f"{text}, with CUDA {info['cuda']} kernels for {archs}."
+    return f"{text}, CPU kernels only (no CUDA)."
+
+
+def build_keywords(info):
+    words = [f"tensorflow-{info.get('tensorflow', 'unknown')}"]
+    if info.get("cuda"):
+        words.append(f"cuda-{info['cuda']}")
+        words.extend(str(arch) for arch in info.get("cuda_archs") or [])
+    else:
+        words.append("cpu-only")
+    return words
+
+
+class AnyCPythonWheel(bdist_wheel):
+    """Tags the wheel py3-none-<platform>: the op library links
+    libtensorflow_framework.so.2 and not libpython, so one wheel loads in every
+    CPython that TensorFlow supports. After the build it writes what the library
+    was built for (build_info.json) into the wheel's Keywords and the first line
+    of its description, so that the index page and build_info() agree."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self):
+        return "py3", "none", super().get_tag()[2]
+
+    def write_wheelfile(self, wheelfile_base, *args, **kwargs):
+        # Called once the library is built and installed into bdist_dir, with the
+        # wheel's .dist-info directory (pip's earlier metadata step never gets here).
+        super().write_wheelfile(wheelfile_base, *args, **kwargs)
+        with open(os.path.join(self.bdist_dir, PACKAGE, "build_info.json")) as f:
+            info = json.load(f)
+        metadata_path = os.path.join(wheelfile_base, "METADATA")
+        policy = email.policy.EmailPolicy(utf8=True, mangle_from_=False, max_line_length=0)
+        with open(metadata_path, encoding="utf-8") as f:
+            message = Parser(policy=policy).parse(f)
+        keywords = ",".join([w for w in (message.get("Keywords") or "").split(",") if w] + build_keywords(info))
+        if "Keywords" in message:
+            message.replace_header("Keywords", keywords)
+        else:
+            message["Keywords"] = keywords
+        message.set_payload(describe_build(info) + "\n\n" + (message.get_payload() or ""))
+        with open(metadata_path, "w", encoding="utf-8") as f:
+            Generator(f, policy=policy).flatten(message)
+
+
 setup(
     name="tf-fused-losses",
     version=read_version(),
@@ -80,11 +145,13 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    keywords=["tensorflow", "custom-op", "loss", "bp-mll", "pearson-correlation", "ccc"],
     package_dir={"": "python"},
     packages=[PACKAGE],
     ext_modules=[CMakeExtension()],
-    cmdclass={"build_ext": CMakeBuild},
-    python_requires=">=3.9",
+    cmdclass={"build_ext": CMakeBuild, "bdist_wheel": AnyCPythonWheel},
+    # TensorFlow 2.21 ships wheels for CPython 3.10-3.13.
+    python_requires=">=3.10",
     install_requires=[tensorflow_requirement()],
     zip_safe=False,
 )

