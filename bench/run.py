@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--corr-sizes", help=f"BxT list for correlation and CCC (default {DEFAULT_SIZES['correlation']})")
     p.add_argument("--bpmll-dtypes", help=f"y_pred:y_true list (default {DEFAULT_DTYPES['bpmll']})")
     p.add_argument("--corr-dtypes", help=f"y_pred:y_true list (default {DEFAULT_DTYPES['correlation']})")
+    p.add_argument("--corr-grad", choices=("both", "y_pred"), default="both",
+                   help="fwd+bwd of correlation and CCC differentiates both inputs where the fused op does (both, "
+                        "the default) or y_pred only, as a training step with constant targets")
     p.add_argument("--warmup", type=int,
                    help="untimed calls before timing: the tracing call, the memory call, then more while a call "
                         "takes under 0.25 s (default 3; quick 2)")
@@ -213,6 +216,7 @@ def worker_config(args):
         "pairwise_limit_gb": args.pairwise_limit_gb,
         "copy_mb": args.copy_mb,
         "deps_dir": args.deps_dir,
+        "corr_grad": args.corr_grad,
     }
 
 

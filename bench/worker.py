@@ -437,7 +437,9 @@ def run_job(job):
     if not job["cases"]:
         return
     memory = PeakMemory()
-    grad_both = {op: fused_grads_both_inputs(op) for op in {c["op"] for c in job["cases"]}}
+    grad_both = {
+        op: config["corr_grad"] == "both" and fused_grads_both_inputs(op) for op in {c["op"] for c in job["cases"]}
+    }
     index = job["first_index"]
     inputs_key, inputs = None, None
     for case in job["cases"]:
