@@ -158,6 +158,12 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
         # mask: read it first. Keras still applies sample_weight, the mask
         # and the reduction to the per-step losses (masked steps are 0).
         self._mask = _get_keras_mask(y_pred)
+        if sample_weight is not None:
+            sample_weight = tf.convert_to_tensor(sample_weight)
+            if sample_weight.shape.rank == 1:
+                # (batch,) weights every step of a row; Keras would only
+                # broadcast it against (batch, 1) losses.
+                sample_weight = sample_weight[:, None]
         try:
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
         finally:
