@@ -106,10 +106,21 @@ def subprocess_env(extra=None):
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.pop("TF_FUSED_LOSSES_PY_OPS", None)
-    paths = [HELPERS, package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [os.path.dirname(HELPERS), package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra or {})
     return env
+
+
+def start_script(name, *args, env=None):
+    """Starts tests/helpers/<name> in a fresh interpreter, output to a pipe."""
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HELPERS, name), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env if env is not None else subprocess_env(),
+    )
 
 
 def run_script(name, *args, env=None, timeout=300, check=True):
