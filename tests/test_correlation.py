@@ -369,7 +369,8 @@ def test_degenerate_rows_ccc(rng, monkeypatch, dtype, pure):
 @pytest.mark.parametrize("kind", KINDS)
 def test_single_step_rows(kind):
     fused, _, _ = KINDS[kind]
-    loss, grad_true, grad_pred = loss_and_grads(fused, np.array([[2.0], [5.0]]), np.array([[1.0], [-3.0]]), np.ones((2, 1)))
+    y_true, y_pred = np.array([[2.0], [5.0]]), np.array([[1.0], [-3.0]])
+    loss, grad_true, grad_pred = loss_and_grads(fused, y_true, y_pred, np.ones((2, 1)))
     np.testing.assert_array_equal(loss, 1.0)
     np.testing.assert_array_equal(grad_true, 0.0)
     np.testing.assert_array_equal(grad_pred, 0.0)
@@ -391,12 +392,12 @@ def test_nan_propagates(rng):
     "y_true, y_pred, kwargs, message",
     [
         (np.zeros((2, 5)), np.zeros((2, 5), np.int32), {}, "y_pred must be one of"),
-        (np.zeros((2, 5)), np.zeros(5), {}, r"y_pred must be \(batch, steps\) or \(batch, steps, 1\); got shape \(5,\)"),
+        (np.zeros((2, 5)), np.zeros(5), {}, r"y_pred must be \(batch, steps\) or \(batch, steps, 1\); got shape \(5,"),
         (np.zeros((2, 5, 1, 1)), np.zeros((2, 5)), {}, r"y_true must be .*got shape \(2, 5, 1, 1\)"),
         (np.zeros((2, 5, 2)), np.zeros((2, 5, 2)), {}, r"got shape \(2, 5, 2\)"),
         (np.zeros((2, 5)), np.zeros((2, 6)), {}, r"same \(batch, steps\); got y_true \(2, 5\) and y_pred \(2, 6\)"),
         (np.zeros((2, 5)), np.zeros((3, 5, 1)), {}, r"y_true \(2, 5\) and y_pred \(3, 5, 1\)"),
-        (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.ones((2, 4), bool)}, r"mask must have shape .*got shape \(2, 4\)"),
+        (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.ones((2, 4), bool)}, r"mask must have .*shape \(2, 4\)"),
         (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.ones((2, 5, 1), bool)}, r"mask must have shape"),
         (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.array([["a"] * 5] * 2)}, "mask must be bool or numeric"),
         (np.array([["a"] * 5] * 2), np.zeros((2, 5)), {}, "y_true must be numeric"),
@@ -414,7 +415,7 @@ def test_bad_input_at_trace_time(kind, y_true, y_pred, kwargs, message):
 @pytest.mark.parametrize(
     "true_shape, pred_shape, mask_shape, message",
     [
-        ((2, 5), (2, 6), None, r"y_true and y_pred must have the same \(batch, steps\), got shapes \[2,5\] and \[2,6\]"),
+        ((2, 5), (2, 6), None, r"y_true and y_pred must have the same \(batch, steps\), got shapes \[2,5\] and \[2,6"),
         ((2, 5, 3), (2, 5, 3), None, r"y_true must be \(batch, steps\) or \(batch, steps, 1\), got shape \[2,5,3\]"),
         ((2, 5), (2, 5), (2, 4), r"mask must have shape \(batch, steps\) = \[2,5\] .*got shape \[2,4\]"),
         ((5,), (5,), None, r"must be \(batch, steps\) or \(batch, steps, 1\), got shape \[5\]"),
@@ -449,7 +450,9 @@ def test_bad_input_to_the_ops():
         ops().fused_correlation_loss(y_true=z, y_pred=z, mask=no_mask, epsilon=-1.0)
     _, row_stats = ops().fused_correlation_loss(y_true=z, y_pred=z, mask=no_mask)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad_loss must have shape \(batch, steps\) = \[2,5\]"):
-        ops().fused_correlation_loss_grad(grad_loss=tf.zeros((2, 4)), y_true=z, y_pred=z, mask=no_mask, row_stats=row_stats)
+        ops().fused_correlation_loss_grad(
+            grad_loss=tf.zeros((2, 4)), y_true=z, y_pred=z, mask=no_mask, row_stats=row_stats
+        )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"row_stats must have shape \(batch, 5\)"):
         ops().fused_correlation_loss_grad(grad_loss=z, y_true=z, y_pred=z, mask=no_mask, row_stats=row_stats[:1])
 

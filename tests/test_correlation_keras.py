@@ -36,7 +36,7 @@ def test_reductions_and_sample_weight(rng, kind, reduction, weight_shape):
     weights = {None: None, "batch": rng.random(5), "batch_steps": rng.random((5, 30))}[weight_shape]
     weighted = per_step if weights is None else per_step * (weights[:, None] if weights.ndim == 1 else weights)
     got = loss_class(reduction=reduction)(y[..., None], x[..., None], sample_weight=weights).numpy()
-    expected = {"sum_over_batch_size": weighted.sum() / weighted.size, "sum": weighted.sum(), "none": weighted}[reduction]
+    expected = {"sum_over_batch_size": weighted.mean(), "sum": weighted.sum(), "none": weighted}[reduction]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -85,7 +85,12 @@ def test_masking_layer_in_a_model(rng):
     mask = np.arange(30)[None, :] < lengths[:, None]
     u[~mask] = 0.0
     model = keras.Sequential(
-        [keras.Input((30, 2)), keras.layers.Masking(0.0), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1)]
+        [
+            keras.Input((30, 2)),
+            keras.layers.Masking(0.0),
+            keras.layers.GRU(4, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile(loss=tfl.CorrelationLoss())
     got = model.evaluate(u, y[..., None], batch_size=4, verbose=0)

@@ -71,7 +71,8 @@ CorrelationGradSums<Acc> ChunkGradSums(const CorrelationRow<Acc>& row, const Acc
   Acc cross = 0, sum_x = 0, sum_y = 0;
 #pragma omp simd reduction(+ : cross, sum_x, sum_y)
   for (int64_t i = 0; i < n; ++i) {
-    const CorrelationGradSums<Acc> t = CorrelationGradTerms(r, grad_loss[i], x[i], y[i], kMasked ? valid[i] != 0 : true);
+    const bool v = kMasked ? valid[i] != 0 : true;
+    const CorrelationGradSums<Acc> t = CorrelationGradTerms(r, grad_loss[i], x[i], y[i], v);
     cross += t.weighted_cross;
     sum_x += t.weighted_x;
     sum_y += t.weighted_y;

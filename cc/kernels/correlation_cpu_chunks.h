@@ -32,6 +32,11 @@ struct CorrelationChunkOps {
 template <typename Acc>
 const CorrelationChunkOps<Acc>& CorrelationChunkOpsForThisCpu();
 
+// The chunk ops' view of a bool mask from element at on; null stays null.
+inline const uint8_t* MaskBytesAt(const bool* mask, int64_t at) {
+  return mask ? reinterpret_cast<const uint8_t*>(mask + at) : nullptr;
+}
+
 }  // namespace tf_fused_losses
 
 #endif  // TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_

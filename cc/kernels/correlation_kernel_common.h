@@ -11,6 +11,9 @@
 
 namespace tf_fused_losses {
 
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+
 struct CorrelationAttrs {
   bool concordance = false;
   float epsilon = 0;
@@ -37,8 +40,8 @@ inline tensorflow::Status ValidateCorrelationInputs(const char* op, const tensor
   for (const auto& [name, t] : {std::pair<const char*, const tensorflow::Tensor*>{"y_true", &y_true},
                                 std::pair<const char*, const tensorflow::Tensor*>{"y_pred", &y_pred}}) {
     if (!(t->dims() == 2 || (t->dims() == 3 && t->dim_size(2) == 1))) {
-      return tensorflow::errors::InvalidArgument(op, ": ", name, " must be (batch, steps) or (batch, steps, 1), got shape ",
-                                                 t->shape().DebugString());
+      return tensorflow::errors::InvalidArgument(
+          op, ": ", name, " must be (batch, steps) or (batch, steps, 1), got shape ", t->shape().DebugString());
     }
   }
   shape->rows = y_pred.dim_size(0);
@@ -58,5 +61,15 @@ inline tensorflow::Status ValidateCorrelationInputs(const char* op, const tensor
 }
 
 }  // namespace tf_fused_losses
+
+// Registers CLASS<DEVICE_TYPE, T> as the kernel of OP for the four float
+// types T.
+#define TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, T) \
+  REGISTER_KERNEL_BUILDER(Name(OP).Device(DEVICE_NAME).TypeConstraint<T>("T"), CLASS<DEVICE_TYPE, T>);
+#define TFL_REGISTER_CORRELATION_KERNELS(DEVICE_NAME, DEVICE_TYPE, OP, CLASS)            \
+  TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, Eigen::half)     \
+  TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, Eigen::bfloat16) \
+  TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, float)           \
+  TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, double)
 
 #endif  // TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_KERNEL_COMMON_H_

@@ -4,17 +4,9 @@
 #include "correlation_math.h"
 #include "cpu_row_passes.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_fused_losses {
-
-using CPUDevice = Eigen::ThreadPoolDevice;
-using GPUDevice = Eigen::GpuDevice;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 
 namespace {
 
@@ -28,14 +20,11 @@ constexpr int64_t kCyclesPerElement = 6;
 
 template <typename T>
 struct CorrelationLossGradFunctor<CPUDevice, T> {
-  void operator()(OpKernelContext* ctx, const CorrelationLossGradArgs<T>& args) {
+  void operator()(tensorflow::OpKernelContext* ctx, const CorrelationLossGradArgs<T>& args) {
     using Acc = typename AccumulatorOf<T>::type;
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
     const Acc epsilon = static_cast<Acc>(args.epsilon);
-    auto mask_at = [&](int64_t at) -> const uint8_t* {
-      return args.mask ? reinterpret_cast<const uint8_t*>(args.mask + at) : nullptr;
-    };
     auto row_of = [&](int64_t row) {
       return CorrelationFinish(CorrelationLoadMoments<Acc>(args.row_stats + row * kCorrelationRowStats), epsilon,
                                args.concordance);
@@ -47,9 +36,10 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
       if (!r.has_gradient) return total;
       AccChunk<Acc, T> g, x, y;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
-        total = CorrelationAddGradSums(total, ops.grad_sums(r, g.Read(args.grad_loss + at, n),
-                                                            x.Read(args.y_pred + at, n),
-                                                            y.Read(args.y_true + at, n), mask_at(at), n));
+        const CorrelationGradSums<Acc> chunk = ops.grad_sums(r, g.Read(args.grad_loss + at, n),
+                                                             x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n),
+                                                             MaskBytesAt(args.mask, at), n);
+        total = CorrelationAddGradSums(total, chunk);
       });
       return total;
     };
@@ -60,7 +50,7 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
       AccChunk<Acc, T> g, x, y, grad_x, grad_y;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
         ops.gradient(coeffs, g.Read(args.grad_loss + at, n), x.Read(args.y_pred + at, n),
-                     y.Read(args.y_true + at, n), mask_at(at), n, grad_x.Output(args.grad_y_pred + at),
+                     y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n, grad_x.Output(args.grad_y_pred + at),
                      grad_y.Output(args.grad_y_true + at));
         grad_x.Write(args.grad_y_pred + at, n);
         grad_y.Write(args.grad_y_true + at, n);
@@ -72,18 +62,18 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
 };
 
 template <typename Device, typename T>
-class FusedCorrelationLossGradOp : public OpKernel {
+class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
  public:
-  explicit FusedCorrelationLossGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit FusedCorrelationLossGradOp(tensorflow::OpKernelConstruction* ctx) : tensorflow::OpKernel(ctx) {
     ReadCorrelationAttrs(ctx, kOp, &attrs_);
   }
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& grad_loss = ctx->input(0);
-    const Tensor& y_true = ctx->input(1);
-    const Tensor& y_pred = ctx->input(2);
-    const Tensor& mask = ctx->input(3);
-    const Tensor& row_stats = ctx->input(4);
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    const tensorflow::Tensor& grad_loss = ctx->input(0);
+    const tensorflow::Tensor& y_true = ctx->input(1);
+    const tensorflow::Tensor& y_pred = ctx->input(2);
+    const tensorflow::Tensor& mask = ctx->input(3);
+    const tensorflow::Tensor& row_stats = ctx->input(4);
     CorrelationShape shape;
     OP_REQUIRES_OK(ctx, ValidateCorrelationInputs(kOp, y_true, y_pred, mask, &shape));
     OP_REQUIRES(ctx,
@@ -97,8 +87,8 @@ class FusedCorrelationLossGradOp : public OpKernel {
                 tensorflow::errors::InvalidArgument(kOp, ": row_stats must have shape (batch, ", kCorrelationRowStats,
                                                     ") = [", shape.rows, ",", kCorrelationRowStats, "], got shape ",
                                                     row_stats.shape().DebugString()));
-    Tensor* grad_y_true = nullptr;
-    Tensor* grad_y_pred = nullptr;
+    tensorflow::Tensor* grad_y_true = nullptr;
+    tensorflow::Tensor* grad_y_pred = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &grad_y_true));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_pred.shape(), &grad_y_pred));
     if (shape.rows == 0 || shape.steps == 0) return;
@@ -121,24 +111,11 @@ class FusedCorrelationLossGradOp : public OpKernel {
   CorrelationAttrs attrs_;
 };
 
-#define TFL_REGISTER_CORRELATION_GRAD(DEVICE_NAME, DEVICE_TYPE, T)                                   \
-  REGISTER_KERNEL_BUILDER(Name("FusedCorrelationLossGrad").Device(DEVICE_NAME).TypeConstraint<T>("T"), \
-                          FusedCorrelationLossGradOp<DEVICE_TYPE, T>);
-
-#define TFL_REGISTER_CORRELATION_GRAD_CPU(T) TFL_REGISTER_CORRELATION_GRAD(tensorflow::DEVICE_CPU, CPUDevice, T)
-TFL_REGISTER_CORRELATION_GRAD_CPU(Eigen::half)
-TFL_REGISTER_CORRELATION_GRAD_CPU(Eigen::bfloat16)
-TFL_REGISTER_CORRELATION_GRAD_CPU(float)
-TFL_REGISTER_CORRELATION_GRAD_CPU(double)
-#undef TFL_REGISTER_CORRELATION_GRAD_CPU
-
+TFL_REGISTER_CORRELATION_KERNELS(tensorflow::DEVICE_CPU, CPUDevice, "FusedCorrelationLossGrad",
+                                 FusedCorrelationLossGradOp)
 #if GOOGLE_CUDA
-#define TFL_REGISTER_CORRELATION_GRAD_GPU(T) TFL_REGISTER_CORRELATION_GRAD(tensorflow::DEVICE_GPU, GPUDevice, T)
-TFL_REGISTER_CORRELATION_GRAD_GPU(Eigen::half)
-TFL_REGISTER_CORRELATION_GRAD_GPU(Eigen::bfloat16)
-TFL_REGISTER_CORRELATION_GRAD_GPU(float)
-TFL_REGISTER_CORRELATION_GRAD_GPU(double)
-#undef TFL_REGISTER_CORRELATION_GRAD_GPU
+TFL_REGISTER_CORRELATION_KERNELS(tensorflow::DEVICE_GPU, GPUDevice, "FusedCorrelationLossGrad",
+                                 FusedCorrelationLossGradOp)
 #endif  // GOOGLE_CUDA
 
 }  // namespace tf_fused_losses

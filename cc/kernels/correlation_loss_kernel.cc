@@ -4,18 +4,9 @@
 #include "correlation_math.h"
 #include "cpu_row_passes.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_fused_losses {
-
-using CPUDevice = Eigen::ThreadPoolDevice;
-using GPUDevice = Eigen::GpuDevice;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
 
 namespace {
 
@@ -28,20 +19,17 @@ constexpr int64_t kCyclesPerElement = 4;
 
 template <typename T>
 struct CorrelationLossFunctor<CPUDevice, T> {
-  void operator()(OpKernelContext* ctx, const CorrelationLossArgs<T>& args) {
+  void operator()(tensorflow::OpKernelContext* ctx, const CorrelationLossArgs<T>& args) {
     using Acc = typename AccumulatorOf<T>::type;
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
-    auto mask_at = [&](int64_t at) -> const uint8_t* {
-      return args.mask ? reinterpret_cast<const uint8_t*>(args.mask + at) : nullptr;
-    };
 
     auto moments = [&](int64_t row, int64_t begin, int64_t end) {
       AccChunk<Acc, T> x, y;
       CorrelationMoments<Acc> total = CorrelationEmptyMoments<Acc>();
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
         total = CorrelationMerge(total, ops.moments(x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n),
-                                                    mask_at(at), n));
+                                                    MaskBytesAt(args.mask, at), n));
       });
       return total;
     };
@@ -52,7 +40,7 @@ struct CorrelationLossFunctor<CPUDevice, T> {
     auto write_loss = [&](int64_t row, int64_t begin, int64_t end, const CorrelationRow<Acc>& result) {
       AccChunk<Acc, T> x, y, loss;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
-        ops.loss(result, x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n), mask_at(at), n,
+        ops.loss(result, x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n,
                  loss.Output(args.loss + at));
         loss.Write(args.loss + at, n);
       });
@@ -63,22 +51,23 @@ struct CorrelationLossFunctor<CPUDevice, T> {
 };
 
 template <typename Device, typename T>
-class FusedCorrelationLossOp : public OpKernel {
+class FusedCorrelationLossOp : public tensorflow::OpKernel {
  public:
-  explicit FusedCorrelationLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit FusedCorrelationLossOp(tensorflow::OpKernelConstruction* ctx) : tensorflow::OpKernel(ctx) {
     ReadCorrelationAttrs(ctx, kOp, &attrs_);
   }
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& y_true = ctx->input(0);
-    const Tensor& y_pred = ctx->input(1);
-    const Tensor& mask = ctx->input(2);
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    const tensorflow::Tensor& y_true = ctx->input(0);
+    const tensorflow::Tensor& y_pred = ctx->input(1);
+    const tensorflow::Tensor& mask = ctx->input(2);
     CorrelationShape shape;
     OP_REQUIRES_OK(ctx, ValidateCorrelationInputs(kOp, y_true, y_pred, mask, &shape));
-    Tensor* loss = nullptr;
-    Tensor* row_stats = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.rows, shape.steps}), &loss));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.rows, kCorrelationRowStats}), &row_stats));
+    tensorflow::Tensor* loss = nullptr;
+    tensorflow::Tensor* row_stats = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tensorflow::TensorShape({shape.rows, shape.steps}), &loss));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(1, tensorflow::TensorShape({shape.rows, kCorrelationRowStats}), &row_stats));
     if (shape.rows == 0) return;
     CorrelationLossArgs<T> args{y_true.flat<T>().data(),
                                 y_pred.flat<T>().data(),
@@ -97,24 +86,9 @@ class FusedCorrelationLossOp : public OpKernel {
   CorrelationAttrs attrs_;
 };
 
-#define TFL_REGISTER_CORRELATION(DEVICE_NAME, DEVICE_TYPE, T)                                  \
-  REGISTER_KERNEL_BUILDER(Name("FusedCorrelationLoss").Device(DEVICE_NAME).TypeConstraint<T>("T"), \
-                          FusedCorrelationLossOp<DEVICE_TYPE, T>);
-
-#define TFL_REGISTER_CORRELATION_CPU(T) TFL_REGISTER_CORRELATION(tensorflow::DEVICE_CPU, CPUDevice, T)
-TFL_REGISTER_CORRELATION_CPU(Eigen::half)
-TFL_REGISTER_CORRELATION_CPU(Eigen::bfloat16)
-TFL_REGISTER_CORRELATION_CPU(float)
-TFL_REGISTER_CORRELATION_CPU(double)
-#undef TFL_REGISTER_CORRELATION_CPU
-
+TFL_REGISTER_CORRELATION_KERNELS(tensorflow::DEVICE_CPU, CPUDevice, "FusedCorrelationLoss", FusedCorrelationLossOp)
 #if GOOGLE_CUDA
-#define TFL_REGISTER_CORRELATION_GPU(T) TFL_REGISTER_CORRELATION(tensorflow::DEVICE_GPU, GPUDevice, T)
-TFL_REGISTER_CORRELATION_GPU(Eigen::half)
-TFL_REGISTER_CORRELATION_GPU(Eigen::bfloat16)
-TFL_REGISTER_CORRELATION_GPU(float)
-TFL_REGISTER_CORRELATION_GPU(double)
-#undef TFL_REGISTER_CORRELATION_GPU
+TFL_REGISTER_CORRELATION_KERNELS(tensorflow::DEVICE_GPU, GPUDevice, "FusedCorrelationLoss", FusedCorrelationLossOp)
 #endif  // GOOGLE_CUDA
 
 }  // namespace tf_fused_losses

@@ -28,8 +28,8 @@ REGISTER_OP("FusedCorrelationLossGrad")
                                                    c->DebugString(c->input(0)));
       }
       if (!c->Merge(c->input(4), c->Matrix(c->Dim(batch_steps, 0), kCorrelationRowStats), &unused).ok()) {
-        return tensorflow::errors::InvalidArgument(op, ": row_stats must have shape (batch, ", kCorrelationRowStats, "), got shape ",
-                                                   c->DebugString(c->input(4)));
+        return tensorflow::errors::InvalidArgument(op, ": row_stats must have shape (batch, ", kCorrelationRowStats,
+                                                   "), got shape ", c->DebugString(c->input(4)));
       }
       c->set_output(0, c->input(1));
       c->set_output(1, c->input(2));

@@ -45,8 +45,9 @@ inline tensorflow::Status CorrelationInputsShape(tensorflow::shape_inference::In
   const bool no_mask = c->Rank(mask) == 1 && (!c->ValueKnown(c->Dim(mask, 0)) || c->Value(c->Dim(mask, 0)) == 0);
   tensorflow::shape_inference::ShapeHandle merged;
   if (!no_mask && !c->Merge(mask, *batch_steps, &merged).ok()) {
-    return tensorflow::errors::InvalidArgument(op, ": mask must have shape (batch, steps) = ", c->DebugString(*batch_steps),
-                                               " (or be empty for no mask), got shape ", c->DebugString(mask));
+    return tensorflow::errors::InvalidArgument(op, ": mask must have shape (batch, steps) = ",
+                                               c->DebugString(*batch_steps), " (or be empty for no mask), got shape ",
+                                               c->DebugString(mask));
   }
   if (!no_mask) *batch_steps = merged;
   return tensorflow::Status();
