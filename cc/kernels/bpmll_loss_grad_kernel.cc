@@ -67,4 +67,46 @@ TFL_REGISTER_BPMLL_GRAD_CPU(float)
 TFL_REGISTER_BPMLL_GRAD_CPU(double)
 #undef TFL_REGISTER_BPMLL_GRAD_CPU
 
+#if GOOGLE_CUDA
+}  // namespace tf_fused_losses
+
+#include "bpmll_loss_grad_functor.h"
+
+namespace tf_fused_losses {
+
+// The GPU kernel: the same contract, computed by BpmllLossGradFunctor
+// (cuda/bpmll_loss_grad_kernel.cu.cc) on the op's stream.
+template <typename T>
+class FusedBpmllLossGradGpuOp : public OpKernel {
+ public:
+  explicit FusedBpmllLossGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad_loss = ctx->input(0);
+    const Tensor& cached_grad = ctx->input(1);
+    OP_REQUIRES(ctx, grad_loss.dims() == 1 && cached_grad.dims() == 2 && grad_loss.dim_size(0) == cached_grad.dim_size(0),
+                tensorflow::errors::InvalidArgument("FusedBpmllLossGrad: grad_loss must be (batch,) and cached_grad "
+                                                    "(batch, labels); got ",
+                                                    grad_loss.shape().DebugString(), " and ",
+                                                    cached_grad.shape().DebugString()));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({1}, 0, cached_grad.shape(), &out));
+    const int64_t rows = cached_grad.dim_size(0), labels = cached_grad.dim_size(1);
+    if (rows == 0 || labels == 0) return;
+    BpmllLossGradArgs<T> args{grad_loss.flat<T>().data(), cached_grad.flat<T>().data(), rows, labels,
+                              out->flat<T>().data()};
+    BpmllLossGradFunctor<Eigen::GpuDevice, T>()(ctx, args);
+  }
+};
+
+#define TFL_REGISTER_BPMLL_GRAD_GPU(T) \
+  REGISTER_KERNEL_BUILDER(             \
+      Name("FusedBpmllLossGrad").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), FusedBpmllLossGradGpuOp<T>);
+TFL_REGISTER_BPMLL_GRAD_GPU(Eigen::half)
+TFL_REGISTER_BPMLL_GRAD_GPU(Eigen::bfloat16)
+TFL_REGISTER_BPMLL_GRAD_GPU(float)
+TFL_REGISTER_BPMLL_GRAD_GPU(double)
+#undef TFL_REGISTER_BPMLL_GRAD_GPU
+#endif  // GOOGLE_CUDA
+
 }  // namespace tf_fused_losses

@@ -1,0 +1,31 @@
+// CorrelationLossGradFunctor for the GPU; the kernels are in
+// correlation_kernels.cuh and row_kernels.cuh, the op and its registration
+// in cc/kernels/correlation_loss_grad_kernel.cc.
+#include <type_traits>
+
+#include "correlation_kernels.cuh"
+#include "correlation_loss_functor.h"
+#include "gpu_launch.h"
+#include "tf_device_types.h"
+
+namespace tf_fused_losses {
+
+// The primary template's member: the CPU has its own specialisation, so
+// this definition serves GPUDevice only (instantiated below).
+template <typename Device, typename T>
+void CorrelationLossGradFunctor<Device, T>::operator()(tensorflow::OpKernelContext* ctx,
+                                                       const CorrelationLossGradArgs<T>& args) {
+  static_assert(std::is_same<Device, GPUDevice>::value, "the CPU functor is in correlation_loss_grad_kernel.cc");
+  const auto op = gpu::MakeCorrelationBackwardOp(ToDevice(args.grad_loss), ToDevice(args.y_true),
+                                                 ToDevice(args.y_pred), args.mask, args.row_stats, args.epsilon,
+                                                 args.concordance, ToDevice(args.grad_y_true),
+                                                 ToDevice(args.grad_y_pred));
+  LaunchRowOp(ctx, op, args.rows, args.steps, "FusedCorrelationLossGrad");
+}
+
+template struct CorrelationLossGradFunctor<GPUDevice, Eigen::half>;
+template struct CorrelationLossGradFunctor<GPUDevice, Eigen::bfloat16>;
+template struct CorrelationLossGradFunctor<GPUDevice, float>;
+template struct CorrelationLossGradFunctor<GPUDevice, double>;
+
+}  // namespace tf_fused_losses
