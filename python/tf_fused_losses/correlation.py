@@ -2,6 +2,7 @@
 ops, their gradient, Keras losses."""
 
 import math
+import threading
 
 import keras
 import tensorflow as tf
@@ -20,6 +21,11 @@ except ImportError:  # the attribute Keras 3 keeps the mask in
 
 
 _LAYOUT = "(batch, steps) or (batch, steps, 1)"
+
+# The Keras mask of the y_pred whose loss is being computed on this thread,
+# from the loss's __call__ to its call (MirroredStrategy traces replicas in
+# threads of their own, so this cannot live on the loss object).
+_call_mask = threading.local()
 
 
 def _batch_steps(name, t):
@@ -151,13 +157,13 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
     def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.epsilon = _check_epsilon(epsilon)
-        self._mask = None
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Loss.__call__ converts y_pred before call(), which can drop the
         # mask: read it first. Keras still applies sample_weight, the mask
         # and the reduction to the per-step losses (masked steps are 0).
-        self._mask = _get_keras_mask(y_pred)
+        outer_mask = getattr(_call_mask, "mask", None)
+        _call_mask.mask = _get_keras_mask(y_pred)
         if sample_weight is not None:
             sample_weight = tf.convert_to_tensor(sample_weight)
             if sample_weight.shape.rank == 1:
@@ -167,10 +173,11 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
         try:
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
         finally:
-            self._mask = None
+            _call_mask.mask = outer_mask
 
     def call(self, y_true, y_pred):
-        return type(self)._loss_function(y_true, y_pred, epsilon=self.epsilon, mask=self._mask)
+        mask = getattr(_call_mask, "mask", None)
+        return type(self)._loss_function(y_true, y_pred, epsilon=self.epsilon, mask=mask)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
