@@ -1,0 +1,73 @@
+"""Many Python threads calling the ops at once: through one tf.function on
+different inputs, and as the first calls of a fresh process (the op library
+loads lazily)."""
+
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+import tf_fused_losses as tfl
+from helpers import last_json_line, run_script
+
+THREADS = 8
+ROUNDS = 6
+MATRIX = tf.TensorSpec([None, None], tf.float32)
+
+
+@tf.function(input_signature=[MATRIX, MATRIX, MATRIX, MATRIX, tf.TensorSpec([None, None], tf.bool)])
+def all_losses(labels, logits, targets, predictions, mask):
+    """Every op once, forward and backward, on dynamic shapes."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([logits, targets, predictions])
+        bpmll = tfl.bpmll_loss(labels, logits)
+        correlation = tfl.correlation_loss(targets, predictions, mask=mask)
+        ccc = tfl.ccc_loss(targets, predictions)
+        weighted = tf.reduce_sum(correlation * predictions) + tf.reduce_sum(ccc * targets)
+    outputs = [bpmll, tape.gradient(bpmll, logits), correlation, ccc]
+    return outputs + tape.gradient(weighted, [targets, predictions])
+
+
+def thread_inputs(index):
+    """Different shapes and values per thread; thread 0 takes the long-row
+    (piece-wise) paths of the kernels."""
+    rng = np.random.default_rng(index)
+    rows, labels = (2, 70_001) if index == 0 else (3 + index, 50 * index + 7)
+    steps = 140_001 if index == 0 else 40 * index + 3
+    return [
+        tf.constant((rng.random((rows, labels)) < 0.3).astype(np.float32)),
+        tf.constant(rng.normal(size=(rows, labels)).astype(np.float32)),
+        tf.constant(rng.normal(size=(2, steps)).astype(np.float32)),
+        tf.constant(rng.normal(size=(2, steps)).astype(np.float32)),
+        tf.constant(rng.random((2, steps)) < 0.9),
+    ]
+
+
+def test_threads_sharing_one_tf_function_get_their_own_results():
+    inputs = [thread_inputs(i) for i in range(THREADS)]
+    expected = [[t.numpy() for t in all_losses(*args)] for args in inputs]
+    barrier = threading.Barrier(THREADS)
+    failures = []
+
+    def work(index):
+        try:
+            barrier.wait()
+            for round_ in range(ROUNDS):
+                for name, got, want in zip("abcdef", all_losses(*inputs[index]), expected[index]):
+                    if not np.array_equal(got.numpy(), want):
+                        failures.append(f"thread {index} round {round_} output {name} differs")
+        except Exception as e:  # collected: an exception in a thread would be lost
+            failures.append(f"thread {index}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:10]
+    assert all_losses.experimental_get_tracing_count() == 1
+
+
+def test_first_calls_from_many_threads_load_the_library_once():
+    report = last_json_line(run_script("first_call_race.py").stdout)
+    assert report == {"errors": [], "loads": 1, "agree": True}
