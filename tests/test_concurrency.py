@@ -2,13 +2,11 @@
 different inputs, and as the first calls of a fresh process (the op library
 loads lazily)."""
 
-import threading
-
 import numpy as np
 import tensorflow as tf
 
 import tf_fused_losses as tfl
-from helpers import last_json_line, run_script
+from helpers import last_json_line, run_in_threads, run_script
 
 THREADS = 8
 ROUNDS = 6
@@ -46,24 +44,15 @@ def thread_inputs(index):
 def test_threads_sharing_one_tf_function_get_their_own_results():
     inputs = [thread_inputs(i) for i in range(THREADS)]
     expected = [[t.numpy() for t in all_losses(*args)] for args in inputs]
-    barrier = threading.Barrier(THREADS)
-    failures = []
+    mismatches = []
 
     def work(index):
-        try:
-            barrier.wait()
-            for round_ in range(ROUNDS):
-                for name, got, want in zip("abcdef", all_losses(*inputs[index]), expected[index]):
-                    if not np.array_equal(got.numpy(), want):
-                        failures.append(f"thread {index} round {round_} output {name} differs")
-        except Exception as e:  # collected: an exception in a thread would be lost
-            failures.append(f"thread {index}: {type(e).__name__}: {e}")
+        for round_ in range(ROUNDS):
+            for name, got, want in zip("abcdef", all_losses(*inputs[index]), expected[index]):
+                if not np.array_equal(got.numpy(), want):
+                    mismatches.append(f"thread {index} round {round_} output {name} differs")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = run_in_threads(work, THREADS) + mismatches
     assert not failures, failures[:10]
     assert all_losses.experimental_get_tracing_count() == 1
 

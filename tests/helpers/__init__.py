@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -91,6 +92,27 @@ def record_ops(monkeypatch):
     for module in (bpmll, correlation):
         monkeypatch.setattr(module, "ops", lambda: recorder)
     return recorder
+
+
+def run_in_threads(work, count):
+    """Runs work(index) on `count` threads released together; returns the
+    exceptions raised, as text (a thread's exception would otherwise be lost)."""
+    barrier = threading.Barrier(count)
+    failures = []
+
+    def run(index):
+        try:
+            barrier.wait()
+            work(index)
+        except Exception as e:  # collected for the caller to assert on
+            failures.append(f"thread {index}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
 
 
 def package_root():
