@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "correlation_cpu_chunks.h"
 #include "correlation_kernel_common.h"
 #include "correlation_loss_functor.h"
@@ -47,6 +49,11 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
       return CorrelationFinishGradient(row_of(row), total);
     };
     auto write_gradients = [&](int64_t row, int64_t begin, int64_t end, const CorrelationGradCoeffs<Acc>& coeffs) {
+      if (!row_of(row).has_gradient) {
+        std::fill(args.grad_y_pred + row * steps + begin, args.grad_y_pred + row * steps + end, T(0));
+        std::fill(args.grad_y_true + row * steps + begin, args.grad_y_true + row * steps + end, T(0));
+        return;
+      }
       AccChunk<Acc, T> g, x, y, grad_x, grad_y;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
         ops.gradient(coeffs, g.Read(args.grad_loss + at, n), x.Read(args.y_pred + at, n),
