@@ -169,30 +169,34 @@ inline bool IsAligned(const T* p, int elements) {
 }
 
 // ---------------------------------------------------------------------------
-// Reductions. Structs travel through shuffles as 32-bit words.
+// Reductions. Structs travel through shuffles as 64-bit words where their
+// size allows (CUDA splits those into two 32-bit shuffles), else 32-bit ones.
 
 template <typename S>
-TFL_DEVICE S ShuffleDown(const S& value, int delta) {
+using ShuffleWord = typename std::conditional<sizeof(S) % sizeof(long long) == 0, long long, int>::type;
+
+template <typename S, class Shuffle>
+TFL_DEVICE S ShuffleWords(const S& value, Shuffle&& shuffle) {
+  using Word = ShuffleWord<S>;
   static_assert(sizeof(S) % sizeof(int) == 0, "shuffled structs must be made of 32-bit words");
   static_assert(std::is_trivially_copyable<S>::value, "shuffled structs must be trivially copyable");
-  int words[sizeof(S) / sizeof(int)];
+  Word words[sizeof(S) / sizeof(Word)];
   std::memcpy(words, &value, sizeof(S));
 #pragma unroll
-  for (int i = 0; i < int(sizeof(S) / sizeof(int)); ++i) words[i] = __shfl_down_sync(kFullMask, words[i], delta);
+  for (int i = 0; i < int(sizeof(S) / sizeof(Word)); ++i) words[i] = shuffle(words[i]);
   S out;
   std::memcpy(&out, words, sizeof(S));
   return out;
 }
 
 template <typename S>
+TFL_DEVICE S ShuffleDown(const S& value, int delta) {
+  return ShuffleWords(value, [delta](auto word) { return __shfl_down_sync(kFullMask, word, delta); });
+}
+
+template <typename S>
 TFL_DEVICE S ShuffleFrom(const S& value, int lane) {
-  int words[sizeof(S) / sizeof(int)];
-  std::memcpy(words, &value, sizeof(S));
-#pragma unroll
-  for (int i = 0; i < int(sizeof(S) / sizeof(int)); ++i) words[i] = __shfl_sync(kFullMask, words[i], lane);
-  S out;
-  std::memcpy(&out, words, sizeof(S));
-  return out;
+  return ShuffleWords(value, [lane](auto word) { return __shfl_sync(kFullMask, word, lane); });
 }
 
 // Lane 0 gets the warp's total; a tree, so the order is fixed. Lanes past

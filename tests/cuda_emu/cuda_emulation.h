@@ -12,8 +12,8 @@
 //    that only some threads reach deadlocks instead of silently matching the
 //    exit of others; a barrier that waits longer than kBarrierTimeout aborts
 //    the process naming it.
-//  * Warp shuffles go through a per-warp exchange buffer between two per-warp
-//    barriers; every lane of the warp must take part (full mask only), as the
+//  * Warp shuffles go through per-warp exchange buffers and a per-warp
+//    barrier; every lane of the warp must take part (full mask only), as the
 //    kernels are written to do.
 //  * __shared__ variables are function-local statics: one copy per kernel
 //    instantiation, which blocks use in turn (blocks never overlap, and the
@@ -31,9 +31,15 @@
 #error "cuda_emulation.h is for host compilers; nvcc compiles cuda/*.cuh natively"
 #endif
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
+#include <climits>
 #include <cmath>
-#include <condition_variable>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -69,43 +75,59 @@ namespace tfl_emu {
 
 constexpr auto kBarrierTimeout = std::chrono::seconds(120);
 
-// A reusable barrier for a fixed number of threads.
+// A reusable barrier for a fixed number of threads: arrivals count up, the
+// last one bumps the generation and wakes the others through a futex on it
+// (no mutex for the woken threads to queue on). Waits poll for a deadlock
+// once a second.
 class Barrier {
  public:
   Barrier(const char* name, unsigned count) : name_(name), count_(count) {}
 
   void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    const uint64_t generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
+    const uint32_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      Futex(FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
       return;
     }
-    if (!cv_.wait_for(lock, kBarrierTimeout, [&] { return generation_ != generation; })) {
-      std::fprintf(stderr,
-                   "cuda_emulation: %s waited %lld s with %u of %u threads arrived (block %u, thread %u): "
-                   "a barrier that not every thread reaches?\n",
-                   name_, static_cast<long long>(kBarrierTimeout.count()), arrived_, count_, blockIdx.x, threadIdx.x);
-      std::abort();
+    const auto deadline = std::chrono::steady_clock::now() + kBarrierTimeout;
+    while (generation_.load(std::memory_order_acquire) == generation) {
+      const timespec poll = {1, 0};
+      Futex(FUTEX_WAIT_PRIVATE, generation, &poll);
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr,
+                     "cuda_emulation: %s waited %lld s with %u of %u threads arrived (block %u, thread %u): "
+                     "a barrier that not every thread reaches?\n",
+                     name_, static_cast<long long>(kBarrierTimeout.count()), arrived_.load(), count_, blockIdx.x,
+                     threadIdx.x);
+        std::abort();
+      }
     }
   }
 
  private:
+  long Futex(int operation, uint32_t value, const timespec* timeout) {
+    static_assert(sizeof(generation_) == sizeof(uint32_t), "the futex word is the generation");
+    return syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), operation, value, timeout, nullptr, 0);
+  }
+
   const char* name_;
   const unsigned count_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  unsigned arrived_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<uint32_t> arrived_{0};
+  std::atomic<uint32_t> generation_{0};
 };
 
+// Shuffles alternate between two exchange buffers, so that one barrier per
+// shuffle suffices: a lane can write buffer b again only after the next
+// shuffle's barrier, which every lane reaches after reading buffer b.
 struct Warp {
   Warp() : barrier("warp shuffle", warpSize) {}
   Barrier barrier;
-  uint32_t exchange[warpSize] = {};
+  uint64_t exchange[2][warpSize] = {};
 };
+
+inline thread_local unsigned shuffle_parity = 0;
 
 struct Block {
   explicit Block(unsigned threads)
@@ -125,18 +147,19 @@ inline std::mutex& LaunchMutex() {
 
 template <typename T>
 T Exchange(unsigned mask, T value, int source_lane, bool in_range) {
-  static_assert(sizeof(T) == sizeof(uint32_t), "the emulation shuffles 32-bit values");
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "CUDA shuffles 32- and 64-bit values");
   if (mask != 0xffffffffu) {
     std::fprintf(stderr, "cuda_emulation: shuffles need the full warp mask, got %#x\n", mask);
     std::abort();
   }
   Warp& warp = current_block->warps[threadIdx.x / warpSize];
   const unsigned lane = threadIdx.x % warpSize;
-  std::memcpy(&warp.exchange[lane], &value, sizeof(value));
+  uint64_t* exchange = warp.exchange[shuffle_parity];
+  shuffle_parity ^= 1u;
+  std::memcpy(&exchange[lane], &value, sizeof(value));
   warp.barrier.Wait();
   T out = value;
-  if (in_range) std::memcpy(&out, &warp.exchange[source_lane], sizeof(out));
-  warp.barrier.Wait();  // nobody overwrites the buffer before every lane has read it
+  if (in_range) std::memcpy(&out, &exchange[source_lane], sizeof(out));
   return out;
 }
 
@@ -159,6 +182,7 @@ void Launch(unsigned grid, unsigned block, void (*kernel)(Params...), const Args
       gridDim = dim3{grid, 1, 1};
       for (unsigned b = 0; b < grid; ++b) {
         blockIdx = dim3{b, 1, 1};
+        shuffle_parity = 0;
         kernel(args...);
         state.block_end.Wait();
       }

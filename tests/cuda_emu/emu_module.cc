@@ -49,6 +49,16 @@ py::dict Info(const tfl_emu::LaunchInfo& info) {
   return d;
 }
 
+py::dict Plan(int64_t rows, int64_t row_length, int64_t partial_bytes, int multiprocessors, int64_t piece_length,
+              int64_t max_grid) {
+  const auto plan = tf_fused_losses::gpu::PlanRows(rows, row_length, partial_bytes,
+                                                   Options(multiprocessors, piece_length, max_grid));
+  py::dict d = Info(tfl_emu::LaunchInfo{tf_fused_losses::gpu::RowShapeName(plan.shape), plan.grid,
+                                        plan.pieces_per_row, plan.piece_length});
+  d["scratch_bytes"] = plan.scratch_bytes;
+  return d;
+}
+
 py::dict Bpmll(const py::buffer& y_true, const std::string& label_dtype, const py::buffer& y_pred,
                const std::string& dtype, const py::buffer& loss, const py::buffer& grad, int multiprocessors,
                int64_t piece_length, int64_t max_grid) {
@@ -70,11 +80,98 @@ py::dict Bpmll(const py::buffer& y_true, const std::string& label_dtype, const p
   return Info(info);
 }
 
+py::dict ScaleRows(const py::buffer& scale, const py::buffer& in, const py::buffer& out, const std::string& dtype,
+                   int multiprocessors, int64_t piece_length, int64_t max_grid) {
+  const tfl_emu::Type type = tfl_emu::ParseType(dtype);
+  Array s = Check(scale, "scale", type, false);
+  Array x = Check(in, "in", type, false);
+  Array o = Check(out, "out", type, true);
+  if (x.shape.size() != 2 || o.shape != x.shape || s.shape != std::vector<py::ssize_t>{x.shape[0]}) {
+    throw std::invalid_argument("scale_rows: shapes must be in = out = (rows, labels), scale = (rows,)");
+  }
+  tfl_emu::LaunchInfo info;
+  {
+    py::gil_scoped_release release;
+    info = tfl_emu::ScaleRows(type, s.data, x.data, o.data, x.shape[0], x.shape[1],
+                              Options(multiprocessors, piece_length, max_grid));
+  }
+  return Info(info);
+}
+
+const bool* MaskOf(const py::object& mask, const std::vector<py::ssize_t>& shape) {
+  if (mask.is_none()) return nullptr;
+  Array m = Check(mask.cast<py::buffer>(), "mask", tfl_emu::Type::kBool, false);
+  if (m.shape != shape) throw std::invalid_argument("mask must have the shape of y_pred");
+  return static_cast<const bool*>(m.data);
+}
+
+py::dict CorrelationForward(const py::buffer& y_true, const py::buffer& y_pred, const py::object& mask,
+                            const std::string& dtype, double epsilon, bool concordance, const py::buffer& loss,
+                            const py::buffer& row_stats, int multiprocessors, int64_t piece_length, int64_t max_grid) {
+  const tfl_emu::Type type = tfl_emu::ParseType(dtype);
+  Array y = Check(y_true, "y_true", type, false);
+  Array x = Check(y_pred, "y_pred", type, false);
+  Array l = Check(loss, "loss", type, true);
+  Array stats = Check(row_stats, "row_stats", tfl_emu::Type::kDouble, true);
+  if (x.shape.size() != 2 || y.shape != x.shape || l.shape != x.shape ||
+      stats.shape != std::vector<py::ssize_t>{x.shape[0], tf_fused_losses::kCorrelationRowStats}) {
+    throw std::invalid_argument("correlation_forward: shapes must be y_true = y_pred = loss = (rows, steps), "
+                                "row_stats = (rows, 5)");
+  }
+  const bool* m = MaskOf(mask, x.shape);
+  tfl_emu::LaunchInfo info;
+  {
+    py::gil_scoped_release release;
+    info = tfl_emu::CorrelationForward(type, y.data, x.data, m, static_cast<float>(epsilon), concordance, l.data,
+                                       static_cast<double*>(stats.data), x.shape[0], x.shape[1],
+                                       Options(multiprocessors, piece_length, max_grid));
+  }
+  return Info(info);
+}
+
+py::dict CorrelationBackward(const py::buffer& grad_loss, const py::buffer& y_true, const py::buffer& y_pred,
+                             const py::object& mask, const py::buffer& row_stats, const std::string& dtype,
+                             double epsilon, bool concordance, const py::buffer& grad_y_true,
+                             const py::buffer& grad_y_pred, int multiprocessors, int64_t piece_length,
+                             int64_t max_grid) {
+  const tfl_emu::Type type = tfl_emu::ParseType(dtype);
+  Array g = Check(grad_loss, "grad_loss", type, false);
+  Array y = Check(y_true, "y_true", type, false);
+  Array x = Check(y_pred, "y_pred", type, false);
+  Array stats = Check(row_stats, "row_stats", tfl_emu::Type::kDouble, false);
+  Array gy = Check(grad_y_true, "grad_y_true", type, true);
+  Array gx = Check(grad_y_pred, "grad_y_pred", type, true);
+  if (x.shape.size() != 2 || y.shape != x.shape || g.shape != x.shape || gy.shape != x.shape || gx.shape != x.shape ||
+      stats.shape != std::vector<py::ssize_t>{x.shape[0], tf_fused_losses::kCorrelationRowStats}) {
+    throw std::invalid_argument("correlation_backward: shapes must be (rows, steps), row_stats (rows, 5)");
+  }
+  const bool* m = MaskOf(mask, x.shape);
+  tfl_emu::LaunchInfo info;
+  {
+    py::gil_scoped_release release;
+    info = tfl_emu::CorrelationBackward(type, g.data, y.data, x.data, m, static_cast<const double*>(stats.data),
+                                        static_cast<float>(epsilon), concordance, gy.data, gx.data, x.shape[0],
+                                        x.shape[1], Options(multiprocessors, piece_length, max_grid));
+  }
+  return Info(info);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(tfl_cuda_emu, m) {
   m.doc() = "The op library's CUDA kernels, run under tests/cuda_emu/cuda_emulation.h";
+  m.def("plan", &Plan, py::arg("rows"), py::arg("row_length"), py::arg("partial_bytes"), py::arg("multiprocessors"),
+        py::arg("piece_length") = 0, py::arg("max_grid") = 0);
   m.def("bpmll", &Bpmll, py::arg("y_true"), py::arg("label_dtype"), py::arg("y_pred"), py::arg("dtype"),
         py::arg("loss"), py::arg("grad"), py::arg("multiprocessors") = 1, py::arg("piece_length") = 0,
+        py::arg("max_grid") = 0);
+  m.def("scale_rows", &ScaleRows, py::arg("scale"), py::arg("x"), py::arg("out"), py::arg("dtype"),
+        py::arg("multiprocessors") = 1, py::arg("piece_length") = 0, py::arg("max_grid") = 0);
+  m.def("correlation_forward", &CorrelationForward, py::arg("y_true"), py::arg("y_pred"), py::arg("mask"),
+        py::arg("dtype"), py::arg("epsilon"), py::arg("concordance"), py::arg("loss"), py::arg("row_stats"),
+        py::arg("multiprocessors") = 1, py::arg("piece_length") = 0, py::arg("max_grid") = 0);
+  m.def("correlation_backward", &CorrelationBackward, py::arg("grad_loss"), py::arg("y_true"), py::arg("y_pred"),
+        py::arg("mask"), py::arg("row_stats"), py::arg("dtype"), py::arg("epsilon"), py::arg("concordance"),
+        py::arg("grad_y_true"), py::arg("grad_y_pred"), py::arg("multiprocessors") = 1, py::arg("piece_length") = 0,
         py::arg("max_grid") = 0);
 }

@@ -13,7 +13,9 @@
 
 #include "cuda_emulation.h"
 // Kernel headers after the emulation.
+#include "bpmll_grad_kernels.cuh"
 #include "bpmll_kernels.cuh"
+#include "correlation_kernels.cuh"
 
 namespace tfl_emu {
 
@@ -124,6 +126,44 @@ inline LaunchInfo Bpmll(Type type, Type label_type, const void* y_true, const vo
                                                            static_cast<T*>(grad));
       return RunRows(op, rows, labels, options);
     });
+  });
+}
+
+// out (rows, labels) = scale (rows,) * in (rows, labels), all of type; out may be in.
+inline LaunchInfo ScaleRows(Type type, const void* scale, const void* in, void* out, int64_t rows, int64_t labels,
+                            const tf_fused_losses::gpu::RowLaunchOptions& options) {
+  return WithFloatType(type, [&](auto t) {
+    using T = decltype(t);
+    const auto op = tf_fused_losses::gpu::MakeScaleRowsOp(static_cast<const T*>(scale), static_cast<const T*>(in),
+                                                          static_cast<T*>(out));
+    return RunRows(op, rows, labels, options);
+  });
+}
+
+// FusedCorrelationLoss: loss (rows, steps) of type, row_stats (rows, 5) double.
+inline LaunchInfo CorrelationForward(Type type, const void* y_true, const void* y_pred, const bool* mask,
+                                     float epsilon, bool concordance, void* loss, double* row_stats, int64_t rows,
+                                     int64_t steps, const tf_fused_losses::gpu::RowLaunchOptions& options) {
+  return WithFloatType(type, [&](auto t) {
+    using T = decltype(t);
+    const auto op = tf_fused_losses::gpu::MakeCorrelationForwardOp(
+        static_cast<const T*>(y_true), static_cast<const T*>(y_pred), mask, epsilon, concordance,
+        static_cast<T*>(loss), row_stats);
+    return RunRows(op, rows, steps, options);
+  });
+}
+
+// FusedCorrelationLossGrad: gradients (rows, steps) of type.
+inline LaunchInfo CorrelationBackward(Type type, const void* grad_loss, const void* y_true, const void* y_pred,
+                                      const bool* mask, const double* row_stats, float epsilon, bool concordance,
+                                      void* grad_y_true, void* grad_y_pred, int64_t rows, int64_t steps,
+                                      const tf_fused_losses::gpu::RowLaunchOptions& options) {
+  return WithFloatType(type, [&](auto t) {
+    using T = decltype(t);
+    const auto op = tf_fused_losses::gpu::MakeCorrelationBackwardOp(
+        static_cast<const T*>(grad_loss), static_cast<const T*>(y_true), static_cast<const T*>(y_pred), mask,
+        row_stats, epsilon, concordance, static_cast<T*>(grad_y_true), static_cast<T*>(grad_y_pred));
+    return RunRows(op, rows, steps, options);
   });
 }
 

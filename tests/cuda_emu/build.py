@@ -1,0 +1,114 @@
+"""Builds the CUDA emulation harness with the host C++ compiler.
+
+`load()` compiles emu_module.cc (the kernels in cuda/*.cuh under
+cuda_emulation.h) into a pybind11 extension and imports it; `build_tsan_driver()`
+compiles tsan_driver.cc with -fsanitize=thread. Outputs are cached in a temp
+directory under a hash of every source, flag and the Python version, so only
+the first run after a change pays for the compile.
+"""
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+INCLUDE_DIRS = [HERE, os.path.join(ROOT, "cuda"), os.path.join(ROOT, "cc", "kernels")]
+MODULE_NAME = "tfl_cuda_emu"
+COMMON_FLAGS = ["-std=c++17", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror",
+                "-Wno-unknown-pragmas"]  # #pragma unroll is for nvcc
+
+
+def compiler():
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise FileNotFoundError("no C++ compiler (set CXX)")
+    return cxx
+
+
+def _sources():
+    """What the harness compiles: its own files, the kernel headers and the math headers."""
+    wanted = {
+        HERE: lambda name: name.endswith((".h", ".cc")),
+        os.path.join(ROOT, "cuda"): lambda name: name.endswith(".cuh"),
+        os.path.join(ROOT, "cc", "kernels"): lambda name: name.endswith("math.h") or name == "math_common.h",
+    }
+    return [os.path.join(d, name) for d, keep in wanted.items() for name in sorted(os.listdir(d)) if keep(name)]
+
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+    for path in _sources():
+        with open(path, "rb") as f:
+            h.update(path.encode())
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _cache_dir():
+    d = os.environ.get("TFL_CUDA_EMU_CACHE") or os.path.join(tempfile.gettempdir(), f"tfl_cuda_emu-{os.getuid()}")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _compile(command, output):
+    """Runs command (which writes output + '.tmp'), once per output, under a lock."""
+    with open(output + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(output):
+            return output
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the CUDA emulation failed:\n{' '.join(command)}\n{result.stderr}")
+        os.replace(output + ".tmp", output)
+    return output
+
+
+def build_module():
+    import pybind11
+
+    cxx = compiler()
+    flags = COMMON_FLAGS + ["-O1", "-fPIC", "-shared"]
+    includes = [f"-I{d}" for d in INCLUDE_DIRS]
+    includes += [f"-isystem{pybind11.get_include()}", f"-isystem{sysconfig.get_paths()['include']}"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    key = _digest(cxx, " ".join(flags), sys.version)
+    output = os.path.join(_cache_dir(), key, MODULE_NAME + suffix)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    command = [cxx, *flags, *includes, os.path.join(HERE, "emu_module.cc"), "-o", output + ".tmp"]
+    return _compile(command, output)
+
+
+def load():
+    """The compiled harness module (compiled on first use)."""
+    path = build_module()
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tsan_command(output):
+    return [compiler(), *COMMON_FLAGS, "-O1", "-g", "-fsanitize=thread", *[f"-I{d}" for d in INCLUDE_DIRS],
+            os.path.join(HERE, "tsan_driver.cc"), "-o", output]
+
+
+def build_tsan_driver():
+    """A standalone program running every kernel under ThreadSanitizer."""
+    cxx = compiler()
+    key = _digest(cxx, "tsan", " ".join(COMMON_FLAGS))
+    output = os.path.join(_cache_dir(), key, "tsan_driver")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    return _compile(tsan_command(output + ".tmp"), output)
+
+
+if __name__ == "__main__":
+    print(build_module())

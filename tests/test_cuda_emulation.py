@@ -1,0 +1,412 @@
+"""The CUDA kernels (cuda/*.cuh), compiled by the host compiler against
+tests/cuda_emu/cuda_emulation.h and run through the launchers' own planning
+and launch code, against the CPU ops on the same inputs.
+
+Every launch shape is covered: a warp per row (rows shorter and longer than
+a warp, lengths not a multiple of 32), a block per row, and pieces of rows
+(forced with small pieces, or chosen by the planner for few long rows), plus
+grid-stride loops (a grid capped below the work), misaligned arrays (the
+scalar path), masks, and every dtype. Accumulation order differs from the
+CPU kernels, so floats are compared within reduction-order tolerances;
+structural results (zeros, exact ones, NaN rows) exactly.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cuda_emu import build as emu_build
+from tf_fused_losses import _loader
+
+FLOATS = ["float16", "bfloat16", "float32", "float64"]
+LABELS = FLOATS + ["int32", "int64", "uint8", "bool"]
+# max |emulated - CPU| / (scale of the row) per output dtype: float32 and
+# float64 differ by accumulation order; 16-bit outputs by one rounding.
+TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-5, "float64": 1e-11}
+
+WARP, BLOCK, PIECES = "rows_per_warp", "row_per_block", "pieces"
+# (rows, length), launch options, the launch shape they must give.
+# The emulation runs a block in ~0.1 s (256 threads meeting at barriers), so
+# the cases keep the number of blocks small.
+LAUNCHES = [
+    ((5, 18), {}, WARP),
+    ((3, 31), {}, WARP),
+    ((9, 33), {}, WARP),  # more rows than the 8 warps of a block
+    ((3, 1000), {}, WARP),
+    ((2, 1025), {}, BLOCK),
+    ((2, 3001), {}, BLOCK),
+    ((2, 333), {"piece_length": 128}, PIECES),  # the last piece short
+    ((1, 2100), {"piece_length": 1024}, PIECES),
+    ((1, 40_000), {"multiprocessors": 1}, PIECES),  # the planner's own choice: one row cannot fill an SM
+    ((20, 40), {"max_grid": 1}, WARP),  # one block walks every row
+    ((3, 1500), {"max_grid": 2}, BLOCK),
+    ((2, 300), {"piece_length": 64, "max_grid": 3}, PIECES),
+]
+
+
+@pytest.fixture(scope="session")
+def emu():
+    try:
+        emu_build.compiler()
+    except FileNotFoundError as e:
+        pytest.skip(f"cannot build the CUDA emulation: {e}")
+    return emu_build.load()
+
+
+def np_dtype(name):
+    return tf.as_dtype(name).as_numpy_dtype
+
+
+def raw(a):
+    """16-bit floats as their bits (the harness reads them as __half / __nv_bfloat16)."""
+    return a.view(np.uint16) if a.dtype.itemsize == 2 and a.dtype.kind not in "iu" else a
+
+
+def misaligned(a):
+    """A copy of `a` that starts one element past an aligned address."""
+    buffer = np.empty(a.size + 1, a.dtype)
+    out = buffer[1:].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def empty(shape, dtype, aligned=True):
+    out = np.zeros(shape, dtype)
+    return out if aligned else misaligned(out)
+
+
+def f64(a):
+    return np.asarray(a).astype(np.float64)
+
+
+def on_cpu(fn, *args, **kwargs):
+    with tf.device("/CPU:0"):
+        out = fn(*args, **kwargs)
+    return out.numpy() if isinstance(out, tf.Tensor) else [t.numpy() for t in out]
+
+
+def assert_rows_close(actual, expected, dtype, name):
+    """Row by row, |actual - expected| <= tol * max(|expected| over the row, 1e-30)."""
+    actual, expected = f64(actual), f64(expected)
+    if expected.ndim == 1:
+        actual, expected = actual[:, None], expected[:, None]
+    assert np.array_equal(np.isnan(actual), np.isnan(expected)), f"{name}: NaN in different places"
+    finite = ~np.isnan(expected)
+    scale = np.maximum(np.abs(np.where(finite, expected, 0)).max(axis=1, keepdims=True, initial=0), 1e-30)
+    err = np.where(finite, np.abs(actual - expected), 0) / scale
+    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else None
+    assert err.size == 0 or err.max() <= TOLERANCE[dtype], f"{name}: relative error {err.max():.3g} at {worst}"
+
+
+# --------------------------------------------------------------------------
+# BP-MLL
+# --------------------------------------------------------------------------
+
+
+def make_labels(rng, shape, kind):
+    if kind == "dense":
+        return (rng.random(shape) < 0.5).astype(np.float64)
+    if kind == "sparse":
+        y = (rng.random(shape) < 0.02).astype(np.float64)
+        y[:, :1] = 1.0
+        return y
+    return rng.random(shape)  # soft
+
+
+def bpmll_inputs(rng, shape, dtype, label_dtype, kind="dense"):
+    c = rng.normal(scale=2.0, size=shape).astype(np_dtype(dtype))
+    y = make_labels(rng, shape, kind if label_dtype in FLOATS else "dense").astype(np_dtype(label_dtype))
+    return y, c
+
+
+def cpu_bpmll(y, c):
+    return on_cpu(_loader.ops().fused_bpmll_loss, y_true=y, y_pred=c)
+
+
+def emu_bpmll(emu, y, c, aligned=True, **options):
+    loss = empty(c.shape[0], c.dtype, aligned)
+    grad = empty(c.shape, c.dtype, aligned)
+    if not aligned:
+        y, c = misaligned(y), misaligned(c)
+    info = emu.bpmll(raw(y), y.dtype.name, raw(c), c.dtype.name, raw(loss), raw(grad), **options)
+    return loss, grad, info
+
+
+@pytest.mark.parametrize("shape, options, launch", LAUNCHES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "soft"])
+def test_bpmll_matches_cpu_op(emu, rng, shape, options, launch, dtype, kind):
+    y, c = bpmll_inputs(rng, shape, dtype, dtype, kind)
+    loss, grad, info = emu_bpmll(emu, y, c, **options)
+    assert info["shape"] == launch
+    cpu_loss, cpu_grad = cpu_bpmll(y, c)
+    assert_rows_close(loss, cpu_loss, dtype, "loss")
+    assert_rows_close(grad, cpu_grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("label_dtype", LABELS)
+@pytest.mark.parametrize("shape, options", [((3, 70), {}), ((2, 200), {"piece_length": 128})])
+def test_bpmll_every_type_pair(emu, rng, dtype, label_dtype, shape, options):
+    y, c = bpmll_inputs(rng, shape, dtype, label_dtype)
+    loss, grad, _ = emu_bpmll(emu, y, c, **options)
+    cpu_loss, cpu_grad = cpu_bpmll(y, c)
+    assert loss.dtype == cpu_loss.dtype and grad.dtype == cpu_grad.dtype
+    assert_rows_close(loss, cpu_loss, dtype, "loss")
+    assert_rows_close(grad, cpu_grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype, label_dtype", [("float32", "float32"), ("float16", "uint8"), ("float64", "bool")])
+@pytest.mark.parametrize("shape, options", [((4, 77), {}), ((1, 2050), {}), ((1, 500), {"piece_length": 192})])
+def test_bpmll_misaligned_arrays_take_the_scalar_path_to_the_same_bits(emu, rng, dtype, label_dtype, shape, options):
+    y, c = bpmll_inputs(rng, shape, dtype, label_dtype)
+    loss, grad, _ = emu_bpmll(emu, y, c, **options)
+    loss_scalar, grad_scalar, _ = emu_bpmll(emu, y, c, aligned=False, **options)
+    # The same slots go to the same threads; only the width of the accesses differs.
+    np.testing.assert_array_equal(raw(loss_scalar), raw(loss))
+    np.testing.assert_array_equal(raw(grad_scalar), raw(grad))
+
+
+def test_bpmll_grid_stride_loops_give_the_same_bits(emu, rng):
+    for shape, options in [((20, 40), {}), ((3, 1500), {}), ((2, 200), {"piece_length": 64})]:
+        y, c = bpmll_inputs(rng, shape, "float32", "float32", "soft")
+        loss, grad, info = emu_bpmll(emu, y, c, **options)
+        loss_1, grad_1, info_1 = emu_bpmll(emu, y, c, max_grid=1, **options)
+        assert info_1["grid"] == 1 < info["grid"]
+        np.testing.assert_array_equal(loss_1, loss)
+        np.testing.assert_array_equal(grad_1, grad)
+
+
+def test_bpmll_pieces_agree_with_whole_rows(emu, rng):
+    y, c = bpmll_inputs(rng, (1, 3000), "float64", "float64", "soft")
+    whole_loss, whole_grad, info = emu_bpmll(emu, y, c)
+    assert info["shape"] == BLOCK
+    for piece_length in (320, 1024, 2048):
+        loss, grad, info = emu_bpmll(emu, y, c, piece_length=piece_length)
+        assert info["shape"] == PIECES and info["pieces_per_row"] == -(-3000 // piece_length)
+        assert_rows_close(loss, whole_loss, "float64", "loss")
+        assert_rows_close(grad, whole_grad, "float64", "grad")
+
+
+@pytest.mark.parametrize("options", [{}, {"piece_length": 64}])
+def test_bpmll_rows_without_pairs_nan_and_bad_labels(emu, options):
+    c = np.linspace(-3, 3, 6 * 150).reshape(6, 150).astype(np.float32)
+    y = (np.arange(150) % 3 == 0).astype(np.float32)[None].repeat(6, 0)
+    y[0] = 0  # no positive
+    y[1] = 1  # no negative
+    c[2, 77] = np.nan  # NaN logit: the row reads NaN, as on the CPU
+    y[3, 149] = 2.0  # a label outside [0, 1]: the CPU op raises; the GPU gives NaN
+    y[4, 0] = -0.5
+    loss, grad, _ = emu_bpmll(emu, y, c, **options)
+    assert loss[0] == 0 and loss[1] == 0 and not grad[:2].any()
+    assert np.isnan(loss[2]) and np.isnan(grad[2]).any()
+    assert np.isnan(loss[3:5]).all() and np.isnan(grad[3:5]).all()
+    cpu_loss, cpu_grad = cpu_bpmll(y[[0, 1, 2, 5]], c[[0, 1, 2, 5]])
+    np.testing.assert_array_equal(loss[:2], cpu_loss[:2])
+    np.testing.assert_array_equal(np.isnan(grad[2]), np.isnan(cpu_grad[2]))
+    assert_rows_close(loss[5:], cpu_loss[3:], "float32", "loss")
+    assert_rows_close(grad[5:], cpu_grad[3:], "float32", "grad")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"y_true\[3, 149\] = 2"):
+        cpu_bpmll(y, c)
+
+
+def test_bpmll_empty_rows(emu):
+    loss, grad, info = emu_bpmll(emu, np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32))
+    assert info["shape"] == WARP and grad.shape == (3, 0)
+    np.testing.assert_array_equal(loss, 0)
+
+
+# --------------------------------------------------------------------------
+# FusedBpmllLossGrad: row scaling, the same arithmetic as the CPU kernel
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape, options", [((5, 18), {}), ((2, 2000), {}), ((1, 1000), {"piece_length": 256})])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_scale_rows_matches_cpu_op_bit_for_bit(emu, rng, dtype, shape, options, in_place):
+    x = rng.normal(size=shape).astype(np_dtype(dtype))
+    scale = rng.normal(size=shape[0]).astype(np_dtype(dtype))
+    expected = on_cpu(_loader.ops().fused_bpmll_loss_grad, grad_loss=scale, cached_grad=x)
+    out = x.copy() if in_place else np.empty_like(x)
+    emu.scale_rows(raw(scale), raw(out if in_place else x), raw(out), dtype, **options)
+    np.testing.assert_array_equal(raw(out), raw(expected))
+
+
+# --------------------------------------------------------------------------
+# Correlation / CCC
+# --------------------------------------------------------------------------
+
+
+def correlation_inputs(rng, shape, dtype, mask_kind):
+    y = rng.normal(loc=0.3, scale=1.5, size=shape)
+    x = 0.6 * y + rng.normal(loc=-0.2, scale=0.8, size=shape)
+    if mask_kind is None:
+        mask = None
+    else:
+        mask = rng.random(shape) < 0.7
+        mask[0, :] = False  # no valid step: loss 0, gradient 0
+        if shape[0] > 1:
+            mask[1, :] = False
+            mask[1, shape[1] // 2] = True  # one valid step
+    if shape[0] > 2:
+        x[2] = 0.25  # constant prediction
+    return y.astype(np_dtype(dtype)), x.astype(np_dtype(dtype)), mask
+
+
+def cpu_correlation(y, x, mask, concordance, epsilon=1e-7):
+    op_mask = np.zeros([0], bool) if mask is None else mask
+    return on_cpu(_loader.ops().fused_correlation_loss, y_true=y, y_pred=x, mask=op_mask, concordance=concordance,
+                  epsilon=epsilon)
+
+
+def cpu_correlation_grad(g, y, x, mask, row_stats, concordance, epsilon=1e-7):
+    op_mask = np.zeros([0], bool) if mask is None else mask
+    return on_cpu(_loader.ops().fused_correlation_loss_grad, grad_loss=g, y_true=y, y_pred=x, mask=op_mask,
+                  row_stats=row_stats, concordance=concordance, epsilon=epsilon)
+
+
+def emu_correlation(emu, y, x, mask, concordance, epsilon=1e-7, aligned=True, **options):
+    loss = empty(x.shape, x.dtype, aligned)
+    row_stats = empty((x.shape[0], 5), np.float64, aligned)
+    if not aligned:
+        y, x = misaligned(y), misaligned(x)
+        mask = None if mask is None else misaligned(mask)
+    info = emu.correlation_forward(raw(y), raw(x), mask, x.dtype.name, epsilon, concordance, raw(loss), row_stats,
+                                   **options)
+    return loss, row_stats, info
+
+
+def emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, epsilon=1e-7, **options):
+    grad_y, grad_x = np.empty_like(y), np.empty_like(x)
+    info = emu.correlation_backward(raw(g), raw(y), raw(x), mask, row_stats, x.dtype.name, epsilon, concordance,
+                                    raw(grad_y), raw(grad_x), **options)
+    return grad_y, grad_x, info
+
+
+def assert_row_stats_close(actual, expected, dtype):
+    np.testing.assert_array_equal(actual[:, 0], expected[:, 0])  # counts are exact
+    assert_rows_close(actual[:, 1:3], expected[:, 1:3], dtype if dtype == "float64" else "float32", "means")
+    for column in (3, 4):  # sums of squares: relative to each row's own value
+        assert_rows_close(actual[:, column], expected[:, column], dtype if dtype == "float64" else "float32", "m2")
+
+
+CORRELATION_LAUNCHES = [
+    ((4, 3), {}, WARP),
+    ((6, 45), {}, WARP),
+    ((3, 1000), {}, WARP),
+    ((3, 2049), {}, BLOCK),
+    ((3, 300), {"piece_length": 128}, PIECES),
+    ((1, 40_000), {"multiprocessors": 1}, PIECES),
+    ((10, 100), {"max_grid": 1}, WARP),
+]
+
+
+@pytest.mark.parametrize("shape, options, launch", CORRELATION_LAUNCHES)
+@pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
+@pytest.mark.parametrize("mask_kind", [None, "random"])
+def test_correlation_matches_cpu_ops(emu, rng, shape, options, launch, concordance, mask_kind):
+    dtype = "float32"
+    y, x, mask = correlation_inputs(rng, shape, dtype, mask_kind)
+    loss, row_stats, info = emu_correlation(emu, y, x, mask, concordance, **options)
+    assert info["shape"] == launch
+    cpu_loss, cpu_row_stats = cpu_correlation(y, x, mask, concordance)
+    assert_rows_close(loss - 1, cpu_loss - 1, dtype, "1 - loss")
+    assert_row_stats_close(row_stats, cpu_row_stats, dtype)
+
+    g = rng.normal(size=shape).astype(np.float32)
+    # Both backward kernels from the same row statistics, then from their own.
+    cpu_grad_y, cpu_grad_x = cpu_correlation_grad(g, y, x, mask, cpu_row_stats, concordance)
+    grad_y, grad_x, info = emu_correlation_grad(emu, g, y, x, mask, cpu_row_stats, concordance, **options)
+    assert info["shape"] == launch
+    assert_rows_close(grad_y, cpu_grad_y, dtype, "grad y_true")
+    assert_rows_close(grad_x, cpu_grad_x, dtype, "grad y_pred")
+    grad_y, grad_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
+    assert_rows_close(grad_y, cpu_grad_y, dtype, "grad y_true")
+    assert_rows_close(grad_x, cpu_grad_x, dtype, "grad y_pred")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
+@pytest.mark.parametrize("shape, options", [((4, 37), {}), ((3, 200), {"piece_length": 128})])
+def test_correlation_every_dtype(emu, rng, dtype, concordance, shape, options):
+    y, x, mask = correlation_inputs(rng, shape, dtype, "random")
+    loss, row_stats, _ = emu_correlation(emu, y, x, mask, concordance, **options)
+    cpu_loss, cpu_row_stats = cpu_correlation(y, x, mask, concordance)
+    assert loss.dtype == cpu_loss.dtype
+    assert_rows_close(f64(loss) - 1, f64(cpu_loss) - 1, dtype, "1 - loss")
+    assert_row_stats_close(row_stats, cpu_row_stats, dtype)
+    g = rng.normal(size=shape).astype(np_dtype(dtype))
+    cpu_grads = cpu_correlation_grad(g, y, x, mask, cpu_row_stats, concordance)
+    grads = emu_correlation_grad(emu, g, y, x, mask, cpu_row_stats, concordance, **options)[:2]
+    for name, actual, expected in zip(["grad y_true", "grad y_pred"], grads, cpu_grads):
+        assert actual.dtype == expected.dtype
+        assert_rows_close(actual, expected, dtype, name)
+
+
+@pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
+@pytest.mark.parametrize("options", [{}, {"piece_length": 128}])
+def test_correlation_degenerate_rows_are_exact(emu, concordance, options):
+    # Pieces of 128 split each 200-step row in two.
+    steps = 200
+    y = np.tile(np.linspace(-1, 2, steps), (4, 1))
+    x = y * 0.5 + np.cos(np.arange(steps))
+    x[0] = 0.1  # constant prediction: zero variance, exactly
+    y[1] = x[1] = 7.25  # both constant and equal
+    mask = np.ones((4, steps), bool)
+    mask[2] = False  # no valid step
+    mask[3] = False
+    mask[3, 5] = True  # one valid step
+    loss, row_stats, _ = emu_correlation(emu, y, x, mask, concordance, **options)
+    assert row_stats[0, 3] == 0.0 and row_stats[1, 3] == row_stats[1, 4] == 0.0
+    assert row_stats[0, 1] == 0.1 and row_stats[1, 1] == row_stats[1, 2] == 7.25
+    np.testing.assert_array_equal(loss[1], 1.0)  # cx = 0 on every step: 1 - scale * 0
+    np.testing.assert_array_equal(loss[2], 0.0)
+    np.testing.assert_array_equal(loss[3], np.where(mask[3], 1.0, 0.0))
+    if not concordance:
+        np.testing.assert_array_equal(loss[0], 1.0)
+    g = np.ones_like(x)
+    grad_y, grad_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
+    assert not grad_y[1:].any() and not grad_x[1:].any()
+    cpu_loss, cpu_row_stats = cpu_correlation(y, x, mask, concordance)
+    np.testing.assert_array_equal(loss[1:], cpu_loss[1:])
+    np.testing.assert_array_equal(row_stats[:, 0], cpu_row_stats[:, 0])
+    cpu_grad_y, cpu_grad_x = cpu_correlation_grad(g, y, x, mask, cpu_row_stats, concordance)
+    np.testing.assert_array_equal(grad_y[1:], cpu_grad_y[1:])
+    if not concordance:
+        assert not grad_y[0].any() and not grad_x[0].any()
+        np.testing.assert_array_equal(loss[0], cpu_loss[0])
+    else:
+        assert_rows_close(grad_y[:1], cpu_grad_y[:1], "float64", "grad y_true")
+
+
+def test_correlation_misaligned_arrays_give_the_same_bits(emu, rng):
+    y, x, mask = correlation_inputs(rng, (3, 500), "float32", "random")
+    loss, row_stats, _ = emu_correlation(emu, y, x, mask, True)
+    loss_scalar, row_stats_scalar, _ = emu_correlation(emu, y, x, mask, True, aligned=False)
+    np.testing.assert_array_equal(loss_scalar, loss)
+    np.testing.assert_array_equal(row_stats_scalar, row_stats)
+
+
+# --------------------------------------------------------------------------
+# Launch planning at real sizes (planning only; nothing runs)
+# --------------------------------------------------------------------------
+
+
+def test_plans_for_both_extremes(emu):
+    short = emu.plan(rows=4096, row_length=18, partial_bytes=40, multiprocessors=132)
+    assert short["shape"] == WARP and short["grid"] == 4096 // 8
+    medium = emu.plan(rows=4096, row_length=4096, partial_bytes=40, multiprocessors=132)
+    assert medium["shape"] == BLOCK and medium["grid"] == 4096
+    huge = emu.plan(rows=4, row_length=2_000_000, partial_bytes=40, multiprocessors=132)
+    assert huge["shape"] == PIECES
+    # As many blocks as fill the GPU (8 per SM) while pieces stay long
+    # enough (>= 16384) that merging a row's partials costs little next to
+    # reading it: here the length limits it to 122 pieces a row.
+    assert huge["piece_length"] >= 16384 and huge["pieces_per_row"] == 2_000_000 // 16384
+    assert huge["grid"] == 4 * huge["pieces_per_row"] <= 8 * 132
+    assert emu.plan(rows=2, row_length=2_000_000, partial_bytes=40, multiprocessors=16)["grid"] == 8 * 16
+    assert huge["pieces_per_row"] * huge["piece_length"] >= 2_000_000 > (huge["pieces_per_row"] - 1) * huge["piece_length"]
+    assert huge["scratch_bytes"] == 4 * huge["pieces_per_row"] * 40
+    # Few rows that are long but not long enough to split: a block each.
+    assert emu.plan(rows=4, row_length=20_000, partial_bytes=40, multiprocessors=132)["shape"] == BLOCK
