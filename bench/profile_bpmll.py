@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 CATEGORIES = (
     ("fused op: forward chunk loops (statistics)", r"tf_fused_losses::.*(ChunkStats|ShiftedSums)"),
     ("fused op: gradient chunk loop", r"tf_fused_losses::.*ChunkGradient"),
-    ("fused op: backward op (upstream scaling)", r"tf_fused_losses::.*Grad"),
-    ("fused op: rest of the kernels (rows, pieces, casts)", r"tf_fused_losses::|libtf_fused_losses"),
-    ("Eigen expressions (upstream multiply, broadcast, mean)", r"Eigen::(Tensor|internal::)"),
+    ("fused op: forward kernel around the loops (dtype conversion, rows)", r"CpuBpmll|FusedBpmllLossOp<|BpmllLossFunctor"),
+    ("fused op: backward op (upstream scaling)", r"FusedBpmllLossGradOp"),
+    ("fused op: rest of the library", r"tf_fused_losses::|libtf_fused_losses"),
+    ("Eigen expressions (broadcasts, mean, multiplies)", r"Eigen::(Tensor|internal::)"),
     ("TF thread pool (scheduling, stealing, waiting)", r"Eigen::(ThreadPool|RunQueue|EventCount)|tsl::thread"),
     ("TF runtime (executor, eager, allocator)", r"tensorflow::|tsl::|absl::|libtensorflow|_pywrap"),
     ("libc, libm, libstdc++", r"libc\.so|libm\.so|libstdc\+\+|/libc[-.]|sysdeps"),
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--labels", type=int, default=30000)
+    parser.add_argument("--pred-dtype", default="float32", help="y_pred's dtype (default %(default)s)")
+    parser.add_argument("--label-dtype", default="float32", help="y_true's dtype (default %(default)s)")
     parser.add_argument("--calls", type=int, default=3, help="measured calls")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--toggle-lib", help="shared library built from bench/callgrind_toggle.c")
@@ -67,7 +70,8 @@ def summarize(args):
         totals[label] += count
         top[label].append((count, name))
     everything = sum(totals.values())
-    print(f"{everything:,} instructions over {args.calls} calls of {args.batch}x{args.labels}: "
+    print(f"{everything:,} instructions over {args.calls} calls of {args.batch}x{args.labels} "
+          f"{args.pred_dtype}/{args.label_dtype}: "
           f"{everything / elements:.2f} per element")
     print("| where | instructions | share | per element |")
     print("|---|---|---|---|")
@@ -90,8 +94,10 @@ def drive(args):
     import tf_fused_losses
 
     rng = np.random.default_rng(0)
-    y_pred = tf.constant(rng.standard_normal((args.batch, args.labels), dtype=np.float32))
-    y_true = tf.constant((rng.random((args.batch, args.labels)) < 0.1).astype(np.float32))
+    logits = rng.standard_normal((args.batch, args.labels), dtype=np.float32)
+    labels = rng.random((args.batch, args.labels)) < 0.1
+    y_pred = tf.cast(tf.constant(logits), args.pred_dtype)
+    y_true = tf.cast(tf.constant(labels), args.label_dtype)
 
     @tf.function
     def step(y_true, y_pred):
@@ -110,7 +116,8 @@ def drive(args):
         step(y_true, y_pred)
     if toggle:
         toggle.tfl_callgrind_stop()
-    print(f"ran {args.calls} measured calls of fused BP-MLL fwd+bwd at B={args.batch} L={args.labels}", file=sys.stderr)
+    print(f"ran {args.calls} measured calls of fused BP-MLL fwd+bwd at B={args.batch} L={args.labels}, "
+          f"{args.pred_dtype}/{args.label_dtype}", file=sys.stderr)
 
 
 def main(argv=None):
