@@ -1,0 +1,132 @@
+"""Bad input that the other test files do not cover yet (the README's error
+table lists every row and the test that covers it): each call must fail
+with an error that names the argument, its shape or value, and what was
+expected."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_fused_losses as tfl
+from tf_fused_losses._loader import ops
+
+ZEROS = np.zeros((2, 3), np.float32)
+UNKNOWN_RANK = tf.TensorSpec(None, tf.float32)
+
+# --------------------------------------------------------------------------
+# BP-MLL
+# --------------------------------------------------------------------------
+
+
+def test_labels_of_another_rank_are_rejected_naming_the_shape():
+    with pytest.raises(ValueError, match=r"^y_true must be rank 2 \(batch, labels\); got shape \(2, 3, 1\)$"):
+        tfl.bpmll_loss(np.zeros((2, 3, 1), np.float32), ZEROS)
+
+
+def test_complex_logits_are_rejected_naming_the_dtype():
+    with pytest.raises(ValueError, match=r"^y_pred must be one of float16, bfloat16, float32, float64; got dtype complex64$"):
+        tfl.bpmll_loss(ZEROS, ZEROS.astype(np.complex64))
+
+
+@pytest.mark.parametrize("shape, shown", [((2, 3, 1), r"\[2,3,1\]"), ((3,), r"\[3\]")])
+def test_rank_known_only_at_run_time_is_rejected_by_the_kernel(shape, shown):
+    f = tf.function(tfl.bpmll_loss, input_signature=[UNKNOWN_RANK, UNKNOWN_RANK])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"FusedBpmllLoss: y_pred must be rank 2 \(batch, labels\), got shape " + shown):
+        f(tf.zeros(shape), tf.zeros(shape))
+
+
+@pytest.mark.parametrize("bad, shown", [(np.inf, "inf"), (-np.inf, "-inf")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinite_labels_are_rejected_naming_the_element(bad, shown, dtype):
+    labels = np.array([[0, 1, 0], [1, bad, 0]], dtype)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"labels in \[0, 1\]; y_true\[1, 1\] = {shown}"):
+        tfl.bpmll_loss(labels, ZEROS.astype(dtype))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG in the BP-MLL kernels: a NaN label passes the [0, 1] check (min/max and v < 0 || v > 1 are false "
+    "for NaN) and makes the row's label counts NaN, so the row reads as having no pairs: loss 0, gradient 0, "
+    "no error. Fix: NaN-propagating label min/max in bpmll_cpu_chunks.cc and !(v >= 0 && v <= 1) in the checks.",
+)
+def test_nan_labels_are_rejected_naming_the_element():
+    labels = np.array([[0, np.nan, 1]], np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels in \[0, 1\]; y_true\[0, 1\] = nan"):
+        tfl.bpmll_loss(labels, np.zeros((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("grad_loss_shape, shown", [((3,), r"\[3\] and \[2,4\]"), ((2, 1), r"\[2,1\] and \[2,4\]")])
+def test_gradient_op_rejects_mismatched_shapes(grad_loss_shape, shown):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"FusedBpmllLossGrad: grad_loss must be \(batch,\) and cached_grad \(batch, labels\); got " + shown,
+    ):
+        ops().fused_bpmll_loss_grad(grad_loss=tf.zeros(grad_loss_shape), cached_grad=tf.zeros((2, 4)))
+
+
+# --------------------------------------------------------------------------
+# Correlation and CCC
+# --------------------------------------------------------------------------
+
+SEQUENCE_LOSSES = {"correlation": tfl.correlation_loss, "ccc": tfl.ccc_loss}
+
+
+@pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
+@pytest.mark.parametrize(
+    "epsilon, shown",
+    [
+        (True, "True"),
+        ("0.1", "'0.1'"),
+        (np.float32(1e-3), r"np.float32\(0.001\)"),
+        (tf.constant(1e-3), "<tf.Tensor"),
+        (None, "None"),
+    ],
+)
+def test_epsilon_must_be_a_python_float(kind, epsilon, shown):
+    with pytest.raises(ValueError, match=r"^epsilon must be a Python float >= 0; got " + shown):
+        SEQUENCE_LOSSES[kind](ZEROS, ZEROS, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
+def test_infinite_epsilon_is_rejected(kind):
+    with pytest.raises(ValueError, match=r"^epsilon must be finite and >= 0; got inf$"):
+        SEQUENCE_LOSSES[kind](ZEROS, ZEROS, epsilon=float("inf"))
+
+
+@pytest.mark.parametrize("loss_class", [tfl.CorrelationLoss, tfl.CCCLoss])
+def test_keras_losses_check_epsilon_when_built(loss_class):
+    with pytest.raises(ValueError, match=r"^epsilon must be finite and >= 0; got -1.0$"):
+        loss_class(epsilon=-1.0)
+
+
+@pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
+def test_a_rank_1_mask_is_rejected_naming_both_shapes(kind):
+    with pytest.raises(ValueError, match=r"^mask must have shape \(batch, steps\) = \(2, 3\); got shape \(3,\)$"):
+        SEQUENCE_LOSSES[kind](ZEROS, ZEROS, mask=np.ones(3, bool))
+
+
+@pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
+def test_complex_targets_are_rejected_naming_the_dtype(kind):
+    with pytest.raises(ValueError, match=r"^y_true must be numeric; got dtype complex64$"):
+        SEQUENCE_LOSSES[kind](ZEROS.astype(np.complex64), ZEROS)
+
+
+# --------------------------------------------------------------------------
+# Both: no second derivatives
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn, grad_op",
+    [(tfl.bpmll_loss, "FusedBpmllLossGrad"), (tfl.correlation_loss, "FusedCorrelationLossGrad"), (tfl.ccc_loss, "FusedCorrelationLossGrad")],
+)
+def test_second_derivatives_fail_naming_the_gradient_op(fn, grad_op):
+    y = tf.constant([[1.0, 0.0, 1.0, 0.0, 0.0]] * 2)
+    c = tf.Variable(tf.random.stateless_normal((2, 5), seed=[1, 2]))
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = tf.reduce_sum(fn(y, c))
+        gradient = inner.gradient(loss, c)
+        gradient_norm = tf.reduce_sum(gradient * gradient)
+    with pytest.raises(LookupError, match=f"^gradient registry has no entry for: {grad_op}$"):
+        outer.gradient(gradient_norm, c)
