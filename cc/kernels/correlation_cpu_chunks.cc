@@ -84,11 +84,16 @@ template <typename Acc, bool kMasked>
 void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
                    const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
   const CorrelationGradCoeffs<Acc> c = coeffs;
+  // grad_x_out may be grad_loss (see CorrelationLossGradArgs): every input
+  // of a step is read before its outputs are stored.
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const bool v = kMasked ? valid[i] != 0 : true;
-    grad_x_out[i] = CorrelationGradientX(c, grad_loss[i], x[i], y[i], v);
-    grad_y_out[i] = CorrelationGradientY(c, grad_loss[i], x[i], y[i], v);
+    const Acc g = grad_loss[i], xi = x[i], yi = y[i];
+    const Acc grad_x = CorrelationGradientX(c, g, xi, yi, v);
+    const Acc grad_y = CorrelationGradientY(c, g, xi, yi, v);
+    grad_x_out[i] = grad_x;
+    grad_y_out[i] = grad_y;
   }
 }
 

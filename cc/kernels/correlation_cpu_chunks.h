@@ -25,6 +25,7 @@ struct CorrelationChunkOps {
                Acc* loss_out);
   CorrelationGradSums<Acc> (*grad_sums)(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x,
                                         const Acc* y, const uint8_t* valid, int64_t n);
+  // grad_x_out may equal grad_loss.
   void (*gradient)(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
                    const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out);
 };

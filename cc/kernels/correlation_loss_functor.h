@@ -39,6 +39,8 @@ struct CorrelationLossGradArgs {
   float epsilon;
   bool concordance;
   T* grad_y_true;  // (rows, steps)
+  // May be grad_loss itself (the kernel forwards that buffer when it can):
+  // read an element's grad_loss before writing its gradients, and not after.
   T* grad_y_pred;
 };
 

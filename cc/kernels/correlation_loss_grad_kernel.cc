@@ -97,7 +97,9 @@ class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
     tensorflow::Tensor* grad_y_true = nullptr;
     tensorflow::Tensor* grad_y_pred = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &grad_y_true));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_pred.shape(), &grad_y_pred));
+    // grad_loss is usually a temporary that dies here: its buffer can take
+    // grad_y_pred, which then lands in lines the first pass brought to cache.
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 1, y_pred.shape(), &grad_y_pred));
     if (shape.rows == 0 || shape.steps == 0) return;
     CorrelationLossGradArgs<T> args{grad_loss.flat<T>().data(),
                                     y_true.flat<T>().data(),
