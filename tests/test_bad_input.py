@@ -43,12 +43,6 @@ def test_infinite_labels_are_rejected_naming_the_element(bad, shown, dtype):
         tfl.bpmll_loss(labels, ZEROS.astype(dtype))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in the BP-MLL kernels: a NaN label passes the [0, 1] check (min/max and v < 0 || v > 1 are false "
-    "for NaN) and makes the row's label counts NaN, so the row reads as having no pairs: loss 0, gradient 0, "
-    "no error. Fix: NaN-propagating label min/max in bpmll_cpu_chunks.cc and !(v >= 0 && v <= 1) in the checks.",
-)
 def test_nan_labels_are_rejected_naming_the_element():
     labels = np.array([[0, np.nan, 1]], np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels in \[0, 1\]; y_true\[0, 1\] = nan"):

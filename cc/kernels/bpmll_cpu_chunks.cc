@@ -2,7 +2,9 @@
 // bpmll_cpu_chunks.h. Must not include TensorFlow or Eigen headers: their
 // inline functions would be compiled for this file's instruction set and
 // could be merged into code that runs on any CPU.
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "bpmll_cpu_chunks.h"
 
@@ -13,6 +15,71 @@
 namespace tf_fused_losses {
 namespace TFL_CPU_ISA {
 namespace {
+
+// Conversions to and from the accumulation type, written so that loops over
+// them vectorise (F16C does the half conversions where the ISA has it).
+template <typename Acc, typename T>
+inline Acc Widen(T v) {
+  return static_cast<Acc>(v);
+}
+template <>
+inline float Widen<float, Float16Bits>(Float16Bits v) {
+  _Float16 h;
+  std::memcpy(&h, &v.bits, sizeof(h));
+  return static_cast<float>(h);
+}
+template <>
+inline float Widen<float, BFloat16Bits>(BFloat16Bits v) {
+  uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+// Half and bfloat16 labels beside float64 logits.
+template <>
+inline double Widen<double, Float16Bits>(Float16Bits v) {
+  return Widen<float>(v);
+}
+template <>
+inline double Widen<double, BFloat16Bits>(BFloat16Bits v) {
+  return Widen<float>(v);
+}
+
+template <typename T, typename Acc>
+inline T Narrow(Acc v) {
+  return static_cast<T>(v);
+}
+template <>
+inline Float16Bits Narrow<Float16Bits, float>(float v) {
+  _Float16 h = static_cast<_Float16>(v);  // round to nearest even, as Eigen::half
+  Float16Bits out;
+  std::memcpy(&out.bits, &h, sizeof(h));
+  return out;
+}
+template <>
+inline BFloat16Bits Narrow<BFloat16Bits, float>(float v) {
+  // Round to nearest even, NaN kept quiet: Eigen::bfloat16's conversion.
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  BFloat16Bits out;
+  out.bits = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
+  return out;
+}
+
+// The chunk in the accumulation type: the input itself where it already is,
+// else a converted copy in `buffer`.
+template <typename Acc, typename T>
+inline const Acc* AsAccumulator(const T* values, int64_t n, Acc* buffer) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    return values;
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) buffer[i] = Widen<Acc>(values[i]);
+    return buffer;
+  }
+}
+
 
 // Exact shifts: a max loop, then the sums. Needed for soft labels' second
 // exp, and when the provisional shifts of ChunkStats were far off.
@@ -45,7 +112,7 @@ void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, Acc
 // leave the type's range, which is the common case; otherwise, or for soft
 // labels, a second and third loop redo the sums around the exact maxima.
 template <typename Acc>
-BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels<Acc>* labels_seen) {
+BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels* labels_seen) {
   const Acc inf = std::numeric_limits<Acc>::infinity();
   const Acc guess = logits[0];
   Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf, pos_count = 0, not_hard = 0;
@@ -64,21 +131,18 @@ BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, Bpml
     Acc y_spread = y - y * y;
     not_hard += y_spread < Acc(0) ? -y_spread : y_spread;
   }
-  labels_seen->min = Acc(0);
-  labels_seen->max = Acc(1);
   labels_seen->soft = false;
+  labels_seen->invalid = false;
   if (not_hard != Acc(0)) {
-    Acc label_min = inf, label_max = -inf, soft_count = 0;
-#pragma omp simd reduction(max : label_max) reduction(min : label_min) reduction(+ : soft_count)
+    Acc soft_count = 0, invalid_count = 0;
+#pragma omp simd reduction(+ : soft_count, invalid_count)
     for (int64_t i = 0; i < n; ++i) {
       Acc y = labels[i];
-      label_min = y < label_min ? y : label_min;
-      label_max = y > label_max ? y : label_max;
       soft_count += (y != Acc(0) && y != Acc(1)) ? Acc(1) : Acc(0);
+      invalid_count += (y >= Acc(0) && y <= Acc(1)) ? Acc(0) : Acc(1);  // NaN counts
     }
-    labels_seen->min = label_min;
-    labels_seen->max = label_max;
     labels_seen->soft = soft_count != Acc(0);
+    labels_seen->invalid = invalid_count != Acc(0);
   }
   const bool soft = labels_seen->soft;
   BpmllStats<Acc> stats;
@@ -110,8 +174,8 @@ BpmllStats<Acc> ChunkStats(const Acc* logits, const Acc* labels, int64_t n, Bpml
 }
 
 template <typename Acc>
-void ChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, const Acc* labels, int64_t n, bool soft,
-                   Acc* gradient_out) {
+void AccChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, const Acc* labels, int64_t n, bool soft,
+                      Acc* gradient_out) {
   const BpmllRowResult<Acc> row = row_in;  // a local copy: the stores below cannot alias it
   if (soft) {
 #pragma omp simd
@@ -122,20 +186,68 @@ void ChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, const A
   }
 }
 
+template <typename Logit, typename Label>
+BpmllStats<typename AccumulatorOf<Logit>::type> ChunkStats(const Logit* logits, const Label* labels, int64_t n,
+                                                               BpmllChunkLabels* labels_seen) {
+  using Acc = typename AccumulatorOf<Logit>::type;
+  alignas(64) Acc logit_buffer[std::is_same<Logit, Acc>::value ? 1 : kBpmllChunk];
+  alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
+  return AccChunkStats(AsAccumulator(logits, n, logit_buffer), AsAccumulator(labels, n, label_buffer), n,
+                       labels_seen);
+}
+
+template <typename Logit, typename Label>
+void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& row, const Logit* logits,
+                   const Label* labels, int64_t n, bool soft, Logit* gradient_out) {
+  using Acc = typename AccumulatorOf<Logit>::type;
+  constexpr bool kLogitsAreAcc = std::is_same<Logit, Acc>::value;
+  alignas(64) Acc logit_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
+  alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
+  alignas(64) Acc gradient_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
+  const Acc* acc_logits = AsAccumulator(logits, n, logit_buffer);
+  const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
+  if constexpr (kLogitsAreAcc) {
+    AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_out);
+  } else {
+    AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) gradient_out[i] = Narrow<Logit>(gradient_buffer[i]);
+  }
+}
+
+template <typename Logit>
+void ScaleChunk(const Logit* in, const Logit* scale, int64_t n, Logit* out) {
+  using Acc = typename AccumulatorOf<Logit>::type;
+  const Acc factor = Widen<Acc>(*scale);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = Narrow<Logit>(Widen<Acc>(in[i]) * factor);
+}
+
 }  // namespace
 
 #define TFL_STRINGIFY_INNER(x) #x
 #define TFL_STRINGIFY(x) TFL_STRINGIFY_INNER(x)
 
-template <typename Acc>
-const BpmllChunkOps<Acc>& BpmllChunkOps() {
-  static const tf_fused_losses::BpmllChunkOps<Acc> ops = {TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Acc>,
-                                                          &ChunkGradient<Acc>};
+template <typename Logit, typename Label>
+const tf_fused_losses::BpmllChunkOps<Logit, Label>& BpmllChunkOps() {
+  static const tf_fused_losses::BpmllChunkOps<Logit, Label> ops = {
+      TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Logit, Label>, &ChunkGradient<Logit, Label>};
   return ops;
 }
 
-template const tf_fused_losses::BpmllChunkOps<float>& BpmllChunkOps<float>();
-template const tf_fused_losses::BpmllChunkOps<double>& BpmllChunkOps<double>();
+template <typename Logit>
+const tf_fused_losses::ScaleChunkOps<Logit>& ScaleChunkOps() {
+  static const tf_fused_losses::ScaleChunkOps<Logit> ops = {&ScaleChunk<Logit>};
+  return ops;
+}
+
+#define TFL_INSTANTIATE_PAIR(Logit, Label) \
+  template const tf_fused_losses::BpmllChunkOps<Logit, Label>& BpmllChunkOps<Logit, Label>();
+TFL_FOR_EACH_BPMLL_PAIR(TFL_INSTANTIATE_PAIR)
+#undef TFL_INSTANTIATE_PAIR
+#define TFL_INSTANTIATE_LOGIT(Logit) template const tf_fused_losses::ScaleChunkOps<Logit>& ScaleChunkOps<Logit>();
+TFL_FOR_EACH_LOGIT(TFL_INSTANTIATE_LOGIT)
+#undef TFL_INSTANTIATE_LOGIT
 
 }  // namespace TFL_CPU_ISA
 }  // namespace tf_fused_losses

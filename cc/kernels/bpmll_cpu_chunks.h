@@ -1,7 +1,8 @@
-// The CPU inner loops of the BP-MLL kernel, over one cache-resident chunk of
-// a row held in the accumulation type. bpmll_cpu_chunks.cc is compiled once
-// per x86-64 level (baseline, AVX2+FMA, AVX-512) and the best one this CPU
-// runs is picked at load time; TensorFlow's own wheel assumes only AVX.
+// The CPU inner loops of the BP-MLL kernels, over one cache-resident chunk of
+// a row. bpmll_cpu_chunks.cc is compiled once per x86-64 level (baseline,
+// AVX2+FMA, AVX-512) and the best one this CPU runs is picked at load time;
+// TensorFlow's own wheel assumes only AVX. The chunk code also converts the
+// 16-bit and integer inputs, so that the conversions vectorise too.
 #ifndef TF_FUSED_LOSSES_CC_KERNELS_BPMLL_CPU_CHUNKS_H_
 #define TF_FUSED_LOSSES_CC_KERNELS_BPMLL_CPU_CHUNKS_H_
 
@@ -9,25 +10,85 @@
 
 #include "bpmll_math.h"
 
+namespace Eigen {
+struct half;
+struct bfloat16;
+}  // namespace Eigen
+
 namespace tf_fused_losses {
 
-template <typename Acc>
+// The bit layouts of Eigen::half and Eigen::bfloat16: the chunk code must not
+// include Eigen (see bpmll_cpu_chunks.cc).
+struct Float16Bits {
+  uint16_t bits;
+};
+struct BFloat16Bits {
+  uint16_t bits;
+};
+
+// The chunk code's name for each TF element type: the same bits, without Eigen.
+template <typename T>
+struct ChunkTypeOf {
+  using type = T;
+};
+template <>
+struct ChunkTypeOf<Eigen::half> {
+  using type = Float16Bits;
+};
+template <>
+struct ChunkTypeOf<Eigen::bfloat16> {
+  using type = BFloat16Bits;
+};
+
+// The longest chunk the chunk functions accept.
+constexpr int64_t kBpmllChunk = 2048;
+
 struct BpmllChunkLabels {
-  Acc min;
-  Acc max;
-  bool soft;  // some 0 < y < 1: the two-exp path is needed
+  bool soft;     // some 0 < y < 1: the two-exp path is needed
+  bool invalid;  // some y outside [0, 1], or NaN
 };
 
-template <typename Acc>
+template <typename Logit, typename Label>
 struct BpmllChunkOps {
+  using Acc = typename AccumulatorOf<Logit>::type;
   const char* isa;
-  BpmllStats<Acc> (*stats)(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels<Acc>* labels_seen);
-  void (*gradient)(const BpmllRowResult<Acc>& row, const Acc* logits, const Acc* labels, int64_t n, bool soft,
-                   Acc* gradient_out);
+  BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen);
+  void (*gradient)(const BpmllRowResult<Acc>& row, const Logit* logits, const Label* labels, int64_t n, bool soft,
+                   Logit* gradient_out);
 };
 
-template <typename Acc>
-const BpmllChunkOps<Acc>& BpmllChunkOpsForThisCpu();
+template <typename Logit>
+struct ScaleChunkOps {
+  // out[i] = in[i] * scale; out may be in.
+  void (*scale)(const Logit* in, const Logit* scale, int64_t n, Logit* out);
+};
+
+template <typename Logit, typename Label>
+const BpmllChunkOps<Logit, Label>& BpmllChunkOpsForThisCpu();
+
+template <typename Logit>
+const ScaleChunkOps<Logit>& ScaleChunkOpsForThisCpu();
+
+// Every (Logit, Label) pair the ops are registered for.
+#define TFL_FOR_EACH_BPMLL_LABEL(M, Logit) \
+  M(Logit, Float16Bits)                    \
+  M(Logit, BFloat16Bits)                   \
+  M(Logit, float)                          \
+  M(Logit, double)                         \
+  M(Logit, int32_t)                        \
+  M(Logit, int64_t)                        \
+  M(Logit, uint8_t)                        \
+  M(Logit, bool)
+#define TFL_FOR_EACH_BPMLL_PAIR(M)            \
+  TFL_FOR_EACH_BPMLL_LABEL(M, Float16Bits)    \
+  TFL_FOR_EACH_BPMLL_LABEL(M, BFloat16Bits)   \
+  TFL_FOR_EACH_BPMLL_LABEL(M, float)          \
+  TFL_FOR_EACH_BPMLL_LABEL(M, double)
+#define TFL_FOR_EACH_LOGIT(M) \
+  M(Float16Bits)              \
+  M(BFloat16Bits)             \
+  M(float)                    \
+  M(double)
 
 }  // namespace tf_fused_losses
 

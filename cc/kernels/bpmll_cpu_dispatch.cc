@@ -3,12 +3,33 @@
 
 namespace tf_fused_losses {
 
-#define TFL_DECLARE_ISA(isa)                                    \
-  namespace isa {                                               \
-  template <typename Acc>                                       \
-  const tf_fused_losses::BpmllChunkOps<Acc>& BpmllChunkOps();   \
-  extern template const tf_fused_losses::BpmllChunkOps<float>& BpmllChunkOps<float>();   \
-  extern template const tf_fused_losses::BpmllChunkOps<double>& BpmllChunkOps<double>(); \
+enum class CpuLevel { kBaseline, kAvx2, kAvx512 };
+
+static CpuLevel DetectCpuLevel() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl")) {
+    return CpuLevel::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return CpuLevel::kAvx2;
+  }
+#endif
+  return CpuLevel::kBaseline;
+}
+
+static CpuLevel ThisCpuLevel() {
+  static const CpuLevel level = DetectCpuLevel();
+  return level;
+}
+
+#define TFL_DECLARE_ISA(isa)                                              \
+  namespace isa {                                                         \
+  template <typename Logit, typename Label>                               \
+  const tf_fused_losses::BpmllChunkOps<Logit, Label>& BpmllChunkOps();    \
+  template <typename Logit>                                               \
+  const tf_fused_losses::ScaleChunkOps<Logit>& ScaleChunkOps();           \
   }
 TFL_DECLARE_ISA(isa_baseline)
 #if defined(__x86_64__)
@@ -17,25 +38,36 @@ TFL_DECLARE_ISA(isa_avx512)
 #endif
 #undef TFL_DECLARE_ISA
 
-template <typename Acc>
-const BpmllChunkOps<Acc>& BpmllChunkOpsForThisCpu() {
-  static const BpmllChunkOps<Acc>& ops = []() -> const BpmllChunkOps<Acc>& {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-      return isa_avx512::BpmllChunkOps<Acc>();
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return isa_avx2::BpmllChunkOps<Acc>();
-    }
+#define TFL_PICK_ISA(...)                                          \
+  switch (ThisCpuLevel()) {                                             \
+    case CpuLevel::kAvx512:                                             \
+      return isa_avx512::__VA_ARGS__;                                      \
+    case CpuLevel::kAvx2:                                               \
+      return isa_avx2::__VA_ARGS__;                                        \
+    default:                                                            \
+      return isa_baseline::__VA_ARGS__;                                    \
+  }
+#else
+#define TFL_PICK_ISA(...) return isa_baseline::__VA_ARGS__;
 #endif
-    return isa_baseline::BpmllChunkOps<Acc>();
-  }();
-  return ops;
+
+template <typename Logit, typename Label>
+const BpmllChunkOps<Logit, Label>& BpmllChunkOpsForThisCpu() {
+  TFL_PICK_ISA(template BpmllChunkOps<Logit, Label>())
 }
 
-template const BpmllChunkOps<float>& BpmllChunkOpsForThisCpu<float>();
-template const BpmllChunkOps<double>& BpmllChunkOpsForThisCpu<double>();
+template <typename Logit>
+const ScaleChunkOps<Logit>& ScaleChunkOpsForThisCpu() {
+  TFL_PICK_ISA(template ScaleChunkOps<Logit>())
+}
+
+#define TFL_INSTANTIATE_PAIR(Logit, Label) \
+  template const BpmllChunkOps<Logit, Label>& BpmllChunkOpsForThisCpu<Logit, Label>();
+TFL_FOR_EACH_BPMLL_PAIR(TFL_INSTANTIATE_PAIR)
+#undef TFL_INSTANTIATE_PAIR
+#define TFL_INSTANTIATE_LOGIT(Logit) template const ScaleChunkOps<Logit>& ScaleChunkOpsForThisCpu<Logit>();
+TFL_FOR_EACH_LOGIT(TFL_INSTANTIATE_LOGIT)
+#undef TFL_INSTANTIATE_LOGIT
 
 }  // namespace tf_fused_losses

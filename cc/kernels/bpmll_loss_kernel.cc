@@ -25,7 +25,7 @@ using tensorflow::TensorShape;
 namespace {
 
 // Elements per inner call: the chunk's logits, labels and gradient stay in L1.
-constexpr int64_t kChunk = 2048;
+constexpr int64_t kChunk = kBpmllChunk;
 // A whole row is one task while its logits, labels and gradient fit in L2,
 // so the gradient loop rereads them from cache: one pass over memory.
 constexpr int64_t kWholeRowMax = 1 << 16;
@@ -45,15 +45,24 @@ struct BadLabel {
   }
 };
 
+static_assert(sizeof(Eigen::half) == sizeof(Float16Bits) && sizeof(Eigen::bfloat16) == sizeof(BFloat16Bits),
+              "the chunk code reads 16-bit floats as their bits");
+
 template <typename T, typename TLabel>
 class CpuBpmll {
  public:
-  using Acc = typename AccumulatorOf<T>::type;
-  static constexpr bool kLogitsAreAcc = std::is_same<T, Acc>::value;
-  static constexpr bool kLabelsAreAcc = std::is_same<TLabel, Acc>::value;
+  using Logit = typename ChunkTypeOf<T>::type;
+  using Label = typename ChunkTypeOf<TLabel>::type;
+  using Ops = BpmllChunkOps<Logit, Label>;
+  using Acc = typename Ops::Acc;
 
   CpuBpmll(const BpmllLossArgs<T, TLabel>& args, BadLabel* bad)
-      : args_(args), ops_(BpmllChunkOpsForThisCpu<Acc>()), bad_(bad) {}
+      : logits_(reinterpret_cast<const Logit*>(args.y_pred)),
+        labels_(reinterpret_cast<const Label*>(args.y_true)),
+        grad_(reinterpret_cast<Logit*>(args.grad)),
+        args_(args),
+        ops_(BpmllChunkOpsForThisCpu<Logit, Label>()),
+        bad_(bad) {}
 
   struct PieceStats {
     BpmllStats<Acc> stats = BpmllEmptyStats<Acc>();
@@ -62,41 +71,26 @@ class CpuBpmll {
 
   PieceStats Stats(int64_t row, int64_t begin, int64_t end) const {
     PieceStats out;
-    Acc logit_buffer[kLogitsAreAcc ? 1 : kChunk];
-    Acc label_buffer[kLabelsAreAcc ? 1 : kChunk];
     const int64_t offset = row * args_.labels;
     for (int64_t start = begin; start < end; start += kChunk) {
-      const int64_t n = std::min(kChunk, end - start);
-      const Acc* logits = Logits(offset + start, n, logit_buffer);
-      const Acc* labels = Labels(offset + start, n, label_buffer);
-      BpmllChunkLabels<Acc> seen;
-      out.stats = BpmllMerge(out.stats, ops_.stats(logits, labels, n, &seen));
+      BpmllChunkLabels seen;
+      out.stats = BpmllMerge(out.stats, ops_.stats(logits_ + offset + start, labels_ + offset + start,
+                                                   std::min(kChunk, end - start), &seen));
       out.soft = out.soft || seen.soft;
-      if (seen.min < Acc(0) || seen.max > Acc(1)) bad_->Note(row);
+      if (seen.invalid) bad_->Note(row);
     }
     return out;
   }
 
   void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft) const {
     const int64_t offset = row * args_.labels;
-    T* grad = args_.grad + offset;
     if (!result.has_pairs) {
-      std::fill(grad + begin, grad + end, T(0));
+      std::fill(args_.grad + offset + begin, args_.grad + offset + end, T(0));
       return;
     }
-    Acc logit_buffer[kLogitsAreAcc ? 1 : kChunk];
-    Acc label_buffer[kLabelsAreAcc ? 1 : kChunk];
-    Acc grad_buffer[kLogitsAreAcc ? 1 : kChunk];
     for (int64_t start = begin; start < end; start += kChunk) {
-      const int64_t n = std::min(kChunk, end - start);
-      const Acc* logits = Logits(offset + start, n, logit_buffer);
-      const Acc* labels = Labels(offset + start, n, label_buffer);
-      if constexpr (kLogitsAreAcc) {
-        ops_.gradient(result, logits, labels, n, soft, grad + start);
-      } else {
-        ops_.gradient(result, logits, labels, n, soft, grad_buffer);
-        for (int64_t i = 0; i < n; ++i) grad[start + i] = static_cast<T>(grad_buffer[i]);
-      }
+      ops_.gradient(result, logits_ + offset + start, labels_ + offset + start, std::min(kChunk, end - start), soft,
+                    grad_ + offset + start);
     }
   }
 
@@ -110,25 +104,11 @@ class CpuBpmll {
   }
 
  private:
-  const Acc* Logits(int64_t at, int64_t n, Acc* buffer) const {
-    if constexpr (kLogitsAreAcc) {
-      return args_.y_pred + at;
-    } else {
-      for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<Acc>(args_.y_pred[at + i]);
-      return buffer;
-    }
-  }
-  const Acc* Labels(int64_t at, int64_t n, Acc* buffer) const {
-    if constexpr (kLabelsAreAcc) {
-      return args_.y_true + at;
-    } else {
-      for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<Acc>(args_.y_true[at + i]);
-      return buffer;
-    }
-  }
-
+  const Logit* logits_;
+  const Label* labels_;
+  Logit* grad_;
   const BpmllLossArgs<T, TLabel>& args_;
-  const BpmllChunkOps<Acc>& ops_;
+  const Ops& ops_;
   BadLabel* bad_;
 };
 
@@ -150,7 +130,7 @@ double LabelAsDouble<int64_t>(int64_t v) {
 template <typename T, typename TLabel>
 struct BpmllLossFunctor<CPUDevice, T, TLabel> {
   void operator()(OpKernelContext* ctx, const BpmllLossArgs<T, TLabel>& args) {
-    using Acc = typename AccumulatorOf<T>::type;
+    using Acc = typename CpuBpmll<T, TLabel>::Acc;
     const int64_t rows = args.rows, labels = args.labels;
     BadLabel bad;
     CpuBpmll<T, TLabel> bpmll(args, &bad);
@@ -201,7 +181,7 @@ struct BpmllLossFunctor<CPUDevice, T, TLabel> {
       const TLabel* row_labels = args.y_true + bad.row * labels;
       for (int64_t j = 0; j < labels; ++j) {
         double v = LabelAsDouble(row_labels[j]);
-        if (v < 0.0 || v > 1.0) {
+        if (!(v >= 0.0 && v <= 1.0)) {  // NaN too
           ctx->SetStatus(tensorflow::errors::InvalidArgument(
               "FusedBpmllLoss: y_true must hold labels in [0, 1]; y_true[", bad.row, ", ", j, "] = ", v));
           return;
