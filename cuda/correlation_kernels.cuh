@@ -96,7 +96,10 @@ struct CorrelationBackwardOp {
 
   using Partial = CorrelationGradSums<Acc>;
   using Context = CorrelationRow<Acc>;
-  using Result = CorrelationGradCoeffs<Acc>;
+  struct Result {
+    CorrelationGradCoeffs<Acc> coeffs;
+    bool has_gradient;  // false: zeros, whatever the upstream gradient holds (as on the CPU)
+  };
   struct Elements {
     Acc g[kVector];
     Acc x[kVector];
@@ -144,15 +147,16 @@ struct CorrelationBackwardOp {
   TFL_DEVICE Partial Merge(const Partial& a, const Partial& b) const { return CorrelationAddGradSums(a, b); }
 
   TFL_DEVICE Result Finish(const Context& r, const Partial& p, int64_t, bool) const {
-    return CorrelationFinishGradient(r, p);
+    return Result{CorrelationFinishGradient(r, p), r.has_gradient};
   }
 
-  TFL_DEVICE void Map(const Result& c, const Elements& e, int64_t i, int count) const {
+  TFL_DEVICE void Map(const Result& r, const Elements& e, int64_t i, int count) const {
     Acc dx[kVector], dy[kVector];
 #pragma unroll
     for (int k = 0; k < kVector; ++k) {
-      dx[k] = CorrelationGradientX(c, e.g[k], e.x[k], e.y[k], e.valid[k]);
-      dy[k] = CorrelationGradientY(c, e.g[k], e.x[k], e.y[k], e.valid[k]);
+      const bool valid = r.has_gradient && e.valid[k];
+      dx[k] = CorrelationGradientX(r.coeffs, e.g[k], e.x[k], e.y[k], valid);
+      dy[k] = CorrelationGradientY(r.coeffs, e.g[k], e.x[k], e.y[k], valid);
     }
     const bool vector = vector_aligned && count == kVector;
     StoreSlot<kVector>(grad_y_pred + i, count, vector, dx);

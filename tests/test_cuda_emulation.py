@@ -11,6 +11,9 @@ CPU kernels, so floats are compared within reduction-order tolerances;
 structural results (zeros, exact ones, NaN rows) exactly.
 """
 
+import os
+import subprocess
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -366,6 +369,11 @@ def test_correlation_degenerate_rows_are_exact(emu, concordance, options):
     if not concordance:
         np.testing.assert_array_equal(loss[0], 1.0)
     g = np.ones_like(x)
+    # A degenerate row's gradient is 0 whatever flows into it: no valid step
+    # (both kinds), and for Pearson a constant row or a single valid step.
+    g[2] = np.inf
+    if not concordance:
+        g[0] = g[3] = np.nan
     grad_y, grad_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
     assert not grad_y[1:].any() and not grad_x[1:].any()
     cpu_loss, cpu_row_stats = cpu_correlation(y, x, mask, concordance)
@@ -410,3 +418,30 @@ def test_plans_for_both_extremes(emu):
     assert huge["scratch_bytes"] == 4 * huge["pieces_per_row"] * 40
     # Few rows that are long but not long enough to split: a block each.
     assert emu.plan(rows=4, row_length=20_000, partial_bytes=40, multiprocessors=132)["shape"] == BLOCK
+
+
+# --------------------------------------------------------------------------
+# ThreadSanitizer
+# --------------------------------------------------------------------------
+
+
+def run_under_tsan(program):
+    try:
+        path = emu_build.build_tsan(program)
+    except RuntimeError as e:
+        if "tsan" in str(e).lower() and "cannot find" in str(e).lower():
+            pytest.skip(f"no ThreadSanitizer runtime for this compiler: {e}")
+        raise
+    env = {**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"}
+    return subprocess.run([path], capture_output=True, text=True, env=env, timeout=1800)
+
+
+@pytest.mark.slow
+def test_kernels_have_no_data_race_under_thread_sanitizer(emu):
+    # The control proves that the emulation exposes races to TSan: it reads
+    # a __shared__ value without the barrier after its write.
+    control = run_under_tsan("tsan_control")
+    assert control.returncode == 66 and "ThreadSanitizer: data race" in control.stderr, control.stderr[-3000:]
+    driver = run_under_tsan("tsan_driver")
+    assert driver.returncode == 0, driver.stdout + driver.stderr[-5000:]
+    assert "passed: 0 failure(s)" in driver.stdout

@@ -1,8 +1,8 @@
 """Builds the CUDA emulation harness with the host C++ compiler.
 
 `load()` compiles emu_module.cc (the kernels in cuda/*.cuh under
-cuda_emulation.h) into a pybind11 extension and imports it; `build_tsan_driver()`
-compiles tsan_driver.cc with -fsanitize=thread. Outputs are cached in a temp
+cuda_emulation.h) into a pybind11 extension and imports it; `build_tsan()`
+compiles tsan_driver.cc or tsan_control.cc with -fsanitize=thread. Outputs are cached in a temp
 directory under a hash of every source, flag and the Python version, so only
 the first run after a change pays for the compile.
 """
@@ -96,19 +96,25 @@ def load():
     return module
 
 
-def tsan_command(output):
-    return [compiler(), *COMMON_FLAGS, "-O1", "-g", "-fsanitize=thread", *[f"-I{d}" for d in INCLUDE_DIRS],
-            os.path.join(HERE, "tsan_driver.cc"), "-o", output]
+TSAN_FLAGS = ["-O1", "-g", "-fsanitize=thread"]
 
 
-def build_tsan_driver():
-    """A standalone program running every kernel under ThreadSanitizer."""
+def tsan_command(program, output):
+    return [compiler(), *COMMON_FLAGS, *TSAN_FLAGS, *[f"-I{d}" for d in INCLUDE_DIRS],
+            os.path.join(HERE, program + ".cc"), "-o", output]
+
+
+def build_tsan(program="tsan_driver"):
+    """tsan_driver (every kernel, every launch shape) or tsan_control (a
+    deliberate race), built with ThreadSanitizer."""
     cxx = compiler()
-    key = _digest(cxx, "tsan", " ".join(COMMON_FLAGS))
-    output = os.path.join(_cache_dir(), key, "tsan_driver")
+    key = _digest(cxx, " ".join(COMMON_FLAGS + TSAN_FLAGS))
+    output = os.path.join(_cache_dir(), key, program)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    return _compile(tsan_command(output + ".tmp"), output)
+    return _compile(tsan_command(program, output + ".tmp"), output)
 
 
 if __name__ == "__main__":
-    print(build_module())
+    # python tests/cuda_emu/build.py [module|tsan_driver|tsan_control]: builds, prints the path.
+    what = sys.argv[1] if len(sys.argv) > 1 else "module"
+    print(build_module() if what == "module" else build_tsan(what))
