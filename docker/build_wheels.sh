@@ -24,9 +24,13 @@
 #   TF_BUILD_PACKAGE     distribution built against: tensorflow-cpu without CUDA (same headers and
 #                        framework library, half the download), tensorflow with CUDA
 #   PYTEST_MARKERS       pytest -m expression for a subset, e.g. "not slow"; empty runs everything
+#   TEST_PATHS=tests     what pytest collects (paths relative to the tree, space-separated)
 #   PLAT=auto            auditwheel --plat
 #   JOBS=2               parallel compile jobs
 #   WORK                 venvs and scratch (default: a new temp dir; /opt/tfl in the image)
+#   SCRATCH=$WORK        where `build` copies the tree and runs CMake
+#   CA_BUNDLE            CA certificates for pip and https behind a TLS-intercepting proxy;
+#                        default: the build secret ca-bundle (/run/secrets/ca-bundle) if given
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,6 +40,7 @@ CUDA_ARCHS=${CUDA_ARCHS:-auto}
 PYTHON_VERSIONS=${PYTHON_VERSIONS:-3.10 3.11 3.12 3.13}
 TF_VERSION=${TF_VERSION:-2.21}
 PYTEST_MARKERS=${PYTEST_MARKERS:-}
+TEST_PATHS=${TEST_PATHS:-tests}
 PLAT=${PLAT:-auto}
 JOBS=${JOBS:-2}
 # Fallback when TensorFlow's own build info names no archs (tensorflow-cpu): TF 2.21's wheel list.
@@ -50,9 +55,14 @@ TF_REQUIREMENT="tensorflow>=$TF_VERSION,<${BASH_REMATCH[1]}.$((BASH_REMATCH[2] +
 if [[ -z ${TF_BUILD_PACKAGE:-} ]]; then
     if [[ $CUDA == on ]]; then TF_BUILD_PACKAGE=tensorflow; else TF_BUILD_PACKAGE=tensorflow-cpu; fi
 fi
+CA_BUNDLE=${CA_BUNDLE:-/run/secrets/ca-bundle}
+if [[ -s $CA_BUNDLE ]]; then
+    export PIP_CERT=$CA_BUNDLE SSL_CERT_FILE=$CA_BUNDLE
+fi
 read -r -a python_versions <<<"$PYTHON_VERSIONS"
 ((${#python_versions[@]})) || die "PYTHON_VERSIONS is empty"
 WORK=${WORK:-$(mktemp -d -t tfl-wheels.XXXXXX)}
+SCRATCH=${SCRATCH:-$WORK}
 build_venv=$WORK/build-venv
 
 # The interpreter for one MAJOR.MINOR: manylinux's /opt/python, else pythonX.Y on PATH.
@@ -85,7 +95,8 @@ install_system_packages() {
     if command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive
         packages=(ca-certificates g++ make cmake binutils python3 python3-venv)
-        for version in "${python_versions[@]}"; do packages+=("python$version" "python$version-venv"); done
+        # pythonX.Y-dev: the tests compile a pybind11 harness (tests/cuda_emu).
+        for version in "${python_versions[@]}"; do packages+=("python$version" "python$version-venv" "python$version-dev"); done
         apt-get update -q
         for package in "${packages[@]}"; do
             apt-cache show "$package" >/dev/null 2>&1 ||
@@ -115,6 +126,7 @@ cuda_packages() {  # $1: the name the family gives cudart's development package
 }
 
 install_cuda_apt() {
+    # shellcheck source=/dev/null
     . /etc/os-release
     local repo=${ID}${VERSION_ID/./}
     local keyring=/tmp/cuda-keyring.deb
@@ -130,6 +142,7 @@ install_cuda_apt() {
 install_cuda_dnf() {
     local dnf=$1 major
     "$dnf" install -y dnf-plugins-core || true
+    # shellcheck source=/dev/null
     major=$(. /etc/os-release && echo "${VERSION_ID%%.*}")
     "$dnf" config-manager --add-repo "https://developer.download.nvidia.com/compute/cuda/repos/rhel$major/x86_64/cuda-rhel$major.repo"
     # shellcheck disable=SC2046  # a list of package names
@@ -158,14 +171,15 @@ endif()' >/dev/null 2>&1
 
 # CMAKE_CUDA_ARCHITECTURES for CUDA_ARCHS=auto: TensorFlow's own list, minus what nvcc lacks.
 default_cuda_archs() {
-    local nvcc=$1 tf_archs supported kept=() arch number
-    tf_archs=$("$build_venv/bin/python" -c '
+    local nvcc=$1 tf_list supported kept=() arch number
+    local -a tf_archs
+    tf_list=$("$build_venv/bin/python" -c '
 import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf
 names = tf.sysconfig.get_build_info().get("cuda_compute_capabilities") or []
 print(";".join(n[3:] + "-real" if n.startswith("sm_") else n[8:] + "-virtual" for n in names))')
     supported=" $("$nvcc" --list-gpu-code | tr '\n' ' ') $("$nvcc" --list-gpu-arch | tr '\n' ' ') "
-    IFS=';' read -r -a tf_archs <<<"${tf_archs:-$TF_WHEEL_ARCHS}"
+    IFS=';' read -r -a tf_archs <<<"${tf_list:-$TF_WHEEL_ARCHS}"
     for arch in "${tf_archs[@]}"; do
         number=${arch%-*}
         if [[ $arch == *-virtual && $supported == *" compute_$number "* ]] ||
@@ -175,8 +189,20 @@ print(";".join(n[3:] + "-real" if n.startswith("sm_") else n[8:] + "-virtual" fo
             log "nvcc $("$nvcc" --version | grep -o 'release [0-9.]*') cannot target $arch: left out"
         fi
     done
-    ((${#kept[@]})) || die "nvcc supports none of $tf_archs; set CUDA_ARCHS"
+    ((${#kept[@]})) || die "nvcc supports none of ${tf_list:-$TF_WHEEL_ARCHS}; set CUDA_ARCHS"
     (IFS=';' && echo "${kept[*]}")
+}
+
+# SRC's files without checkout and build leftovers (what docker/Dockerfile.dockerignore
+# leaves out of the image), and without the extra top-level folders named after DEST.
+copy_tree() {
+    local src=$1 dest=$2 folder
+    local -a excludes=(--exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis)
+    for folder in "${@:3}"; do excludes+=("--exclude=./$folder"); done
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    tar -C "$src" "${excludes[@]}" -c . | tar -C "$dest" -x
 }
 
 cmd_toolchain() {
@@ -209,30 +235,29 @@ cmd_build() {
     fi
 
     # Build from a copy, so that the checkout (or /src in the image) is never written to.
-    local tree=$WORK/src
-    rm -rf "$tree" "$WORK/raw" "$WORK/unpacked" "$WORK/patched"
-    mkdir -p "$tree" "$out"
-    tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -c . |
-        tar -C "$tree" -x
+    local tree=$SCRATCH/src
+    rm -rf "$SCRATCH/raw" "$SCRATCH/unpacked" "$SCRATCH/patched"
+    mkdir -p "$out"
+    copy_tree "$src" "$tree"
 
     log "wheel ($TF_REQUIREMENT, CUDA=$CUDA)"
-    TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$WORK/cmake TFL_JOBS=$JOBS \
-        "$build_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$WORK/raw" "$tree"
+    TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$SCRATCH/cmake TFL_JOBS=$JOBS \
+        "$build_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$SCRATCH/raw" "$tree"
 
     # CMake leaves its build-tree RUNPATH (the build venv's tensorflow/) in the library.
     # Point it at the installed tensorflow/ beside the package instead, so that nothing
     # from the build machine ships and the library resolves libtensorflow_framework.so.2
     # even when loaded before TensorFlow.
     local raw
-    raw=$(echo "$WORK"/raw/*.whl)
-    "$build_venv/bin/python" -m wheel unpack -d "$WORK/unpacked" "$raw" >/dev/null
+    raw=$(echo "$SCRATCH"/raw/*.whl)
+    "$build_venv/bin/python" -m wheel unpack -d "$SCRATCH/unpacked" "$raw" >/dev/null
     local library
-    for library in "$WORK"/unpacked/*/tf_fused_losses/*.so; do
+    for library in "$SCRATCH"/unpacked/*/tf_fused_losses/*.so; do
+        # shellcheck disable=SC2016  # $ORIGIN is for the dynamic linker
         patchelf --set-rpath '$ORIGIN/../tensorflow' "$library"
     done
-    mkdir -p "$WORK/patched"
-    "$build_venv/bin/python" -m wheel pack -d "$WORK/patched" "$WORK"/unpacked/* >/dev/null
+    mkdir -p "$SCRATCH/patched"
+    "$build_venv/bin/python" -m wheel pack -d "$SCRATCH/patched" "$SCRATCH"/unpacked/* >/dev/null
 
     # libtensorflow_framework.so.2 comes with TensorFlow: never bundled, so only the
     # system libraries decide the manylinux tag.
@@ -241,7 +266,7 @@ cmd_build() {
     log "auditwheel repair --plat $PLAT"
     rm -f "$out"/tf_fused_losses-*.whl
     LD_LIBRARY_PATH=$tf_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-        auditwheel repair --exclude libtensorflow_framework.so.2 --plat "$PLAT" -w "$out" "$WORK"/patched/*.whl
+        auditwheel repair --exclude libtensorflow_framework.so.2 --plat "$PLAT" -w "$out" "$SCRATCH"/patched/*.whl
     "$build_venv/bin/python" "$here/check_wheel.py" --cuda "$CUDA" --cuda-archs "$archs" \
         --tf-version "$TF_VERSION" --requirement "$TF_REQUIREMENT" "$out"/tf_fused_losses-*.whl
 }
@@ -251,13 +276,10 @@ cmd_test() {
     local wheel
     wheel=$(echo "$out"/tf_fused_losses-*.whl)
     [[ -f $wheel ]] || die "no single tf_fused_losses wheel in $out"
-    # The tests and their pytest settings only: the package must come from the wheel.
+    # The tree without the package's sources (python/): the tests read bench/, cc/ and
+    # cuda/, but import tf_fused_losses from the venv the wheel went into.
     local run=$WORK/testrun
-    rm -rf "$run"
-    mkdir -p "$run"
-    cp -r "$src/tests" "$run/tests"
-    cp "$src/pyproject.toml" "$run/"
-    find "$run" -name __pycache__ -prune -exec rm -rf {} +
+    copy_tree "$src" "$run" python
     local -a pytest_args=(-p no:cacheprovider -q -rs)
     [[ -z $PYTEST_MARKERS ]] || pytest_args+=(-m "$PYTEST_MARKERS")
     local version venv
@@ -281,8 +303,9 @@ print("installed:", tf_fused_losses.__file__, tf_fused_losses.build_info())
 EOF
         )
         local status=0
-        (cd "$run" && "$venv/bin/python" -m pytest "${pytest_args[@]}" tests) || status=$?
-        if ((status == 5)); then die "pytest collected no tests from $src/tests (PYTEST_MARKERS='$PYTEST_MARKERS')"; fi
+        # shellcheck disable=SC2086  # TEST_PATHS is a list of paths
+        (cd "$run" && "$venv/bin/python" -m pytest "${pytest_args[@]}" $TEST_PATHS) || status=$?
+        if ((status == 5)); then die "pytest collected no tests (TEST_PATHS='$TEST_PATHS', PYTEST_MARKERS='$PYTEST_MARKERS')"; fi
         ((status == 0)) || die "tests failed under python$version (pytest exit $status)"
     done
 }
