@@ -205,6 +205,26 @@ def test_bpmll_matches_the_reference(data):
     assert np.all(err[inside] <= 2 * bound[inside]), float((err[inside] / bound[inside]).max())
 
 
+@settings(PROFILE)
+@given(data=st.data())
+def test_bpmll_names_the_first_bad_label(data):
+    """Labels outside [0, 1], NaN included, fail the call, naming the first
+    bad element in row-major order whichever thread saw it."""
+    label_dtype = data.draw(st.sampled_from(["float16", "bfloat16", "float32", "float64", "int32", "int64"]), label="label_dtype")
+    shape = (data.draw(st.integers(1, 4), label="rows"), data.draw(lengths(40), label="labels"))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    integer = label_dtype.startswith("int")
+    y = (rng.random(shape) < 0.4).astype(np.float64)
+    if not integer:
+        y = np.where(rng.random(shape) < 0.5, y, rng.random(shape))
+    bad_values = [-1.0, 2.0, 7.0] if integer else [-0.5, 1.5, 2.0, -np.inf, np.inf, np.nan]
+    for _ in range(data.draw(st.integers(1, 3), label="bad_labels")):
+        y.flat[rng.integers(y.size)] = rng.choice(bad_values)
+    first = np.argwhere(~((y >= 0) & (y <= 1)))[0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"labels in \[0, 1\]; y_true\[{first[0]}, {first[1]}\] = "):
+        tfl.bpmll_loss(tf.cast(tf.constant(y), label_dtype) if not integer else y.astype(label_dtype), np.zeros(shape, np.float32))
+
+
 # --------------------------------------------------------------------------
 # Correlation and CCC
 # --------------------------------------------------------------------------
