@@ -5,10 +5,10 @@
 // one exp per element, rescaling when the row maximum moves). Pass 2 writes
 // the loss (first thread of the row) and every gradient element.
 //
-// Labels outside [0, 1] cannot be reported as an error without a host
-// synchronisation; like TensorFlow's GPU kernels for invalid labels (e.g.
-// SparseSoftmaxCrossEntropyWithLogits), such a row gets NaN loss and NaN
-// gradient. The CPU kernel reports an InvalidArgument error instead.
+// Labels outside [0, 1], NaN included, cannot be reported as an error
+// without a host synchronisation; like TensorFlow's GPU kernels for invalid
+// labels (e.g. SparseSoftmaxCrossEntropyWithLogits), such a row gets NaN
+// loss and NaN gradient. The CPU kernel reports an InvalidArgument error.
 #ifndef TF_FUSED_LOSSES_CUDA_BPMLL_KERNELS_CUH_
 #define TF_FUSED_LOSSES_CUDA_BPMLL_KERNELS_CUH_
 
@@ -64,7 +64,7 @@ struct BpmllRowOp {
 #pragma unroll 1
     for (int k = 0; k < kVector; ++k) {
       if (k < count) {
-        p->bad_labels |= (e.label[k] < Acc(0) || e.label[k] > Acc(1)) ? 1u : 0u;
+        p->bad_labels |= (e.label[k] >= Acc(0) && e.label[k] <= Acc(1)) ? 0u : 1u;  // NaN too
         BpmllAccumulate(&p->stats, e.logit[k], e.label[k]);
       }
     }
