@@ -129,7 +129,7 @@ def on(device, fn, *args, **kwargs):
 
 
 def assert_close(actual, expected, dtype, name):
-    assert_close(actual, expected, TOLERANCE[dtype], name)
+    assert_rows_close(actual, expected, TOLERANCE[dtype], name)
 
 
 def bpmll_with_grad(y, c):
