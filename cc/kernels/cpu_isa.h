@@ -17,11 +17,13 @@ enum class CpuIsa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 inline CpuIsa DetectCpuIsa() {
   CpuIsa best = CpuIsa::kBaseline;
 #if defined(__x86_64__)
+  // The same levels the builds are compiled for (-march=x86-64-v3, -v4):
+  // those may use any of the level's instructions (BMI2, F16C, ...), not
+  // only the vector ones.
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl")) {
+  if (__builtin_cpu_supports("x86-64-v4")) {
     best = CpuIsa::kAvx512;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  } else if (__builtin_cpu_supports("x86-64-v3")) {
     best = CpuIsa::kAvx2;
   }
 #endif
