@@ -128,13 +128,6 @@ def test_fit_and_evaluate_on_a_tf_data_pipeline_with_sample_weights(rng, kind):
     np.testing.assert_allclose(unweighted, per_element.mean(), rtol=2e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="BUG in correlation.py: Keras 3 does not broadcast (batch,) sample weights over (batch, steps) losses "
-    "(Incompatible shapes: [8,10] vs. [8]); the docstring promises (batch,). Fix: expand rank-1 sample_weight "
-    "to (batch, 1) in _SequenceCorrelationLoss.__call__.",
-)
 @pytest.mark.parametrize("kind", SEQUENCE_KINDS)
 def test_per_sequence_sample_weights(rng, kind):
     y = rng.normal(size=(8, 10)).astype(np.float32)
