@@ -380,6 +380,19 @@ def test_correlation_degenerate_rows_are_exact(emu, concordance, options):
         assert_close(grad_y[:1], cpu_grad_y[:1], "float64", "grad y_true")
 
 
+@pytest.mark.parametrize("shape, options", [((6, 45), {}), ((2, 2049), {}), ((2, 300), {"piece_length": 128})])
+def test_correlation_backward_may_write_grad_y_pred_over_grad_loss(emu, rng, shape, options):
+    # The op forwards grad_loss's buffer to grad_y_pred when it can.
+    y, x, mask = correlation_inputs(rng, shape, "float32", "random")
+    _, row_stats, _ = emu_correlation(emu, y, x, mask, False)
+    g = rng.normal(size=shape).astype(np.float32)
+    expected_y, expected_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, False, **options)
+    shared, grad_y = g.copy(), np.empty_like(y)
+    emu.correlation_backward(shared, y, x, mask, row_stats, "float32", 1e-7, False, grad_y, shared, **options)
+    np.testing.assert_array_equal(shared, expected_x)
+    np.testing.assert_array_equal(grad_y, expected_y)
+
+
 def test_correlation_misaligned_arrays_give_the_same_bits(emu, rng):
     y, x, mask = correlation_inputs(rng, (3, 500), "float32", "random")
     loss, row_stats, _ = emu_correlation(emu, y, x, mask, True)
