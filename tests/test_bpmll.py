@@ -316,3 +316,45 @@ def test_xla_compiled_function_falls_back_and_matches(rng):
     op_loss, op_grad = fused_loss_and_grad(y, c)
     np.testing.assert_allclose(loss.numpy(), op_loss, rtol=2e-5)
     np.testing.assert_allclose(grad.numpy(), op_grad, rtol=2e-4, atol=1e-7)
+
+
+_EVERY_BUILD_SCRIPT = """
+import sys, numpy as np, tensorflow as tf, tf_fused_losses as tfl
+rng = np.random.default_rng(7)
+out = {}
+for name, pred_dtype, label_dtype, shape in [
+    ("f32", tf.float32, tf.float32, (3, 5001)), ("f16_u8", tf.float16, tf.uint8, (2, 4099)),
+    ("bf16_bool", tf.bfloat16, tf.bool, (2, 333)), ("f64_soft", tf.float64, tf.float64, (2, 2049)),
+    ("long_row", tf.float32, tf.float32, (1, 200_003)),
+]:
+    c = tf.cast(rng.normal(size=shape) * 3, pred_dtype)
+    y = rng.random(shape) if name == "f64_soft" else (rng.random(shape) < 0.2)
+    y = tf.cast(y, label_dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(c)
+        loss = tfl.bpmll_loss(y, c)
+    grad = tape.gradient(loss, c)
+    out[name + "_loss"] = tf.cast(loss, tf.float64).numpy()
+    out[name + "_grad"] = tf.cast(grad, tf.float64).numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_cpu_build_gives_the_same_results(tmp_path):
+    """The baseline, AVX2 and AVX-512 builds of the chunk loops (TFL_CPU_ISA caps the choice) agree."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for cap in ["baseline", "avx2", "avx512"]:
+        path = tmp_path / f"{cap}.npz"
+        env = dict(os.environ, TFL_CPU_ISA=cap)
+        subprocess.run([sys.executable, "-c", _EVERY_BUILD_SCRIPT, str(path)], env=env, check=True)
+        results[cap] = np.load(path)
+    for key in results["baseline"].files:
+        tol = 1e-2 if ("f16" in key or "bf16" in key) else 1e-5
+        for cap in ["avx2", "avx512"]:
+            scale = np.abs(results["baseline"][key]).max()
+            np.testing.assert_allclose(results[cap][key] / scale, results["baseline"][key] / scale, atol=tol,
+                                       err_msg=f"{cap} vs baseline: {key}")

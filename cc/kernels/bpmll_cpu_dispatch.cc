@@ -1,28 +1,8 @@
 // Picks the best build of bpmll_cpu_chunks.cc that this CPU can run.
 #include "bpmll_cpu_chunks.h"
+#include "cpu_isa.h"
 
 namespace tf_fused_losses {
-
-enum class CpuLevel { kBaseline, kAvx2, kAvx512 };
-
-static CpuLevel DetectCpuLevel() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl")) {
-    return CpuLevel::kAvx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return CpuLevel::kAvx2;
-  }
-#endif
-  return CpuLevel::kBaseline;
-}
-
-static CpuLevel ThisCpuLevel() {
-  static const CpuLevel level = DetectCpuLevel();
-  return level;
-}
 
 #define TFL_DECLARE_ISA(isa)                                              \
   namespace isa {                                                         \
@@ -40,10 +20,10 @@ TFL_DECLARE_ISA(isa_avx512)
 
 #if defined(__x86_64__)
 #define TFL_PICK_ISA(...)                                          \
-  switch (ThisCpuLevel()) {                                             \
-    case CpuLevel::kAvx512:                                             \
+  switch (BestCpuIsa()) {                                             \
+    case CpuIsa::kAvx512:                                             \
       return isa_avx512::__VA_ARGS__;                                      \
-    case CpuLevel::kAvx2:                                               \
+    case CpuIsa::kAvx2:                                               \
       return isa_avx2::__VA_ARGS__;                                        \
     default:                                                            \
       return isa_baseline::__VA_ARGS__;                                    \
