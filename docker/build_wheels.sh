@@ -94,7 +94,7 @@ install_system_packages() {
     local -a packages
     if command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive
-        packages=(ca-certificates g++ make cmake binutils python3 python3-venv)
+        packages=(ca-certificates g++ make cmake binutils ccache python3 python3-venv)
         # pythonX.Y-dev: the tests compile a pybind11 harness (tests/cuda_emu).
         for version in "${python_versions[@]}"; do packages+=("python$version" "python$version-venv" "python$version-dev"); done
         apt-get update -q
@@ -239,6 +239,12 @@ cmd_build() {
     rm -rf "$SCRATCH/raw" "$SCRATCH/unpacked" "$SCRATCH/patched"
     mkdir -p "$out"
     copy_tree "$src" "$tree"
+
+    # ccache keys on content, so a fresh checkout (new mtimes) still hits; the
+    # image keeps CCACHE_DIR in a cache mount.
+    if command -v ccache >/dev/null; then
+        export CMAKE_CXX_COMPILER_LAUNCHER=ccache CMAKE_CUDA_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$tree
+    fi
 
     log "wheel ($TF_REQUIREMENT, CUDA=$CUDA)"
     TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$SCRATCH/cmake TFL_JOBS=$JOBS \
