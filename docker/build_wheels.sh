@@ -169,28 +169,37 @@ cmake_ok() {
 endif()' >/dev/null 2>&1
 }
 
-# CMAKE_CUDA_ARCHITECTURES for CUDA_ARCHS=auto: TensorFlow's own list, minus what nvcc lacks.
+# CMAKE_CUDA_ARCHITECTURES for CUDA_ARCHS=auto: the archs of the TensorFlow built
+# against, each replaced by the next one of its major version that this nvcc can
+# target when it cannot target it (CUDA 13: sm_70 -> sm_75), or left out.
 default_cuda_archs() {
-    local nvcc=$1 tf_list supported kept=() arch number
-    local -a tf_archs
-    tf_list=$("$build_venv/bin/python" -c '
-import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    "$build_venv/bin/python" - "$1" "$TF_WHEEL_ARCHS" <<'EOF'
+import os, subprocess, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf
+
+nvcc, fallback = sys.argv[1], sys.argv[2]
 names = tf.sysconfig.get_build_info().get("cuda_compute_capabilities") or []
-print(";".join(n[3:] + "-real" if n.startswith("sm_") else n[8:] + "-virtual" for n in names))')
-    supported=" $("$nvcc" --list-gpu-code | tr '\n' ' ') $("$nvcc" --list-gpu-arch | tr '\n' ' ') "
-    IFS=';' read -r -a tf_archs <<<"${tf_list:-$TF_WHEEL_ARCHS}"
-    for arch in "${tf_archs[@]}"; do
-        number=${arch%-*}
-        if [[ $arch == *-virtual && $supported == *" compute_$number "* ]] ||
-            [[ $arch == *-real && $supported == *" sm_$number "* ]]; then
-            kept+=("$arch")
-        else
-            log "nvcc $("$nvcc" --version | grep -o 'release [0-9.]*') cannot target $arch: left out"
-        fi
-    done
-    ((${#kept[@]})) || die "nvcc supports none of ${tf_list:-$TF_WHEEL_ARCHS}; set CUDA_ARCHS"
-    (IFS=';' && echo "${kept[*]}")
+wanted = [(int(n[3:]), "real") if n.startswith("sm_") else (int(n[8:]), "virtual") for n in names]
+wanted = wanted or [(int(e.split("-")[0]), e.split("-")[1]) for e in fallback.split(";")]
+def listed(flag, prefix):
+    out = subprocess.run([nvcc, flag], capture_output=True, text=True, check=True).stdout.split()
+    return sorted(int(x[len(prefix):]) for x in out if x.startswith(prefix))
+targets = {"real": listed("--list-gpu-code", "sm_"), "virtual": listed("--list-gpu-arch", "compute_")}
+chosen = []
+for number, kind in wanted:
+    options = [n for n in targets[kind] if n // 10 == number // 10 and n >= number]
+    if not options:
+        print(f"==> {nvcc} cannot target {number}-{kind} or a later arch of its major: left out", file=sys.stderr)
+        continue
+    if options[0] != number:
+        print(f"==> {nvcc} cannot target {number}-{kind}: {options[0]}-{kind} instead", file=sys.stderr)
+    if f"{options[0]}-{kind}" not in chosen:
+        chosen.append(f"{options[0]}-{kind}")
+if not chosen:
+    sys.exit(f"build_wheels.sh: {nvcc} targets none of {wanted}; set CUDA_ARCHS")
+print(";".join(chosen))
+EOF
 }
 
 # SRC's files without checkout and build leftovers (what docker/Dockerfile.dockerignore

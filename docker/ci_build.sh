@@ -119,4 +119,3 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q "${wheels[0]}"
 (cd "$venv" && "$venv/bin/python" "$root/docker/smoke_test.py" "${wheels[0]}")
 rm -rf "$venv" "$dist"
-log "docker/ci_build.sh passed"

@@ -36,8 +36,7 @@ def compare(name, fused, ref, y_true, y_pred):
     print(f"{name}: loss {loss.shape} and gradient match the reference")
 
 
-def main():
-    wheel = sys.argv[1]
+def check_installed(wheel):
     site = sysconfig.get_paths()["platlib"]
     assert tfl.__file__.startswith(site), f"imported {tfl.__file__}, not the installed wheel in {site}"
     assert not tfl.use_pure_tf(), f"{tfl.PURE_TF_ENV} is set: the smoke test must run the fused ops"
@@ -48,16 +47,33 @@ def main():
     print(f"tf_fused_losses {tfl.__version__} from {os.path.dirname(tfl.__file__)}, TF {tf.__version__}")
     print(f"build_info(): {tfl.build_info()}")
 
+
+def main():
     rng = np.random.default_rng(5)
     labels = (rng.random((6, 40)) < 0.3).astype(np.float64)
     labels[:, 0], labels[:, 1] = 1.0, 0.0  # every row has a positive and a negative label
-    compare("bpmll_loss", tfl.bpmll_loss, reference.bpmll_loss, labels, rng.normal(size=(6, 40)))
-
+    checks = [
+        ("installed package", lambda: check_installed(sys.argv[1])),
+        ("bpmll_loss", lambda: compare("bpmll_loss", tfl.bpmll_loss, reference.bpmll_loss, labels,
+                                       rng.normal(size=(6, 40)))),
+    ]
     if hasattr(tfl, "correlation_loss"):
         y_true, y_pred = rng.normal(size=(4, 50)), rng.normal(size=(4, 50))
-        compare("correlation_loss", tfl.correlation_loss, reference.correlation_loss, y_true, y_pred)
-        compare("ccc_loss", tfl.ccc_loss, reference.ccc_loss, y_true, y_pred)
+        checks += [
+            ("correlation_loss", lambda: compare("correlation_loss", tfl.correlation_loss,
+                                                 reference.correlation_loss, y_true, y_pred)),
+            ("ccc_loss", lambda: compare("ccc_loss", tfl.ccc_loss, reference.ccc_loss, y_true, y_pred)),
+        ]
+    failed = 0
+    for name, check in checks:
+        try:
+            check()
+        except Exception as error:  # report every check, then fail
+            failed += 1
+            print(f"FAILED {name}: {type(error).__name__}: {error}")
+    print(f"{len(checks) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
