@@ -8,7 +8,10 @@ import tf_fused_losses as tfl
 from tf_fused_losses import reference
 
 FLOAT_TYPES = [np.float32, np.float64]
-SHAPES = [(0, 5), (1, 1), (1, 2), (3, 17), (3, 1000), (2, 100_000), (5, 2048), (4, 2049), (1, 70_001), (3, 200_001)]
+# The last two hold 16 MiB or more of float32: their gradients are written
+# with streaming stores (kStreamStoreMinBytes), by whole rows and by pieces.
+SHAPES = [(0, 5), (1, 1), (1, 2), (3, 17), (3, 1000), (2, 100_000), (5, 2048), (4, 2049), (1, 70_001), (3, 200_001),
+          (300, 15_001), (64, 70_001)]
 
 
 def make_labels(rng, shape, kind):

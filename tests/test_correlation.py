@@ -34,6 +34,10 @@ SHAPES = [
     (64, 3000),
     (3, 100_000),
     (1, 140_001),
+    # 16 MiB or more of float32: losses and fresh gradients are written with
+    # streaming stores (kStreamStoreMinBytes), by whole rows and by pieces.
+    (40, 110_001),
+    (2, 2_200_001),
 ]
 
 

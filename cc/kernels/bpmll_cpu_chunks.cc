@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "bpmll_cpu_chunks.h"
+#include "cpu_stream_store.h"
 
 #ifndef TFL_CPU_ISA
 #error "TFL_CPU_ISA must name the instruction-set namespace"
@@ -198,20 +199,26 @@ BpmllStats<typename AccumulatorOf<Logit>::type> ChunkStats(const Logit* logits, 
 
 template <typename Logit, typename Label>
 void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& row, const Logit* logits,
-                   const Label* labels, int64_t n, bool soft, Logit* gradient_out) {
+                   const Label* labels, int64_t n, bool soft, bool stream, Logit* gradient_out) {
   using Acc = typename AccumulatorOf<Logit>::type;
   constexpr bool kLogitsAreAcc = std::is_same<Logit, Acc>::value;
   alignas(64) Acc logit_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
   alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
   alignas(64) Acc gradient_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
+  alignas(64) Logit staged[kBpmllChunk];  // the chunk's gradient in L1, streamed out from there
+  Logit* target = stream ? staged : gradient_out;
   const Acc* acc_logits = AsAccumulator(logits, n, logit_buffer);
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
   if constexpr (kLogitsAreAcc) {
-    AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_out);
+    AccChunkGradient(row, acc_logits, acc_labels, n, soft, target);
   } else {
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) gradient_out[i] = Narrow<Logit>(gradient_buffer[i]);
+    for (int64_t i = 0; i < n; ++i) target[i] = Narrow<Logit>(gradient_buffer[i]);
+  }
+  if (stream) {
+    StreamStoreBytes(gradient_out, staged, n * static_cast<int64_t>(sizeof(Logit)));
+    StreamStoreFence();
   }
 }
 

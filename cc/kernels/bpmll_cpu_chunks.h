@@ -53,8 +53,9 @@ struct BpmllChunkOps {
   using Acc = typename AccumulatorOf<Logit>::type;
   const char* isa;
   BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen);
+  // stream: write gradient_out with streaming stores (kStreamStoreMinBytes).
   void (*gradient)(const BpmllRowResult<Acc>& row, const Logit* logits, const Label* labels, int64_t n, bool soft,
-                   Logit* gradient_out);
+                   bool stream, Logit* gradient_out);
 };
 
 template <typename Logit>

@@ -7,6 +7,7 @@
 #include "bpmll_cpu_chunks.h"
 #include "bpmll_loss_functor.h"
 #include "bpmll_math.h"
+#include "cpu_stream_store.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -62,6 +63,7 @@ class CpuBpmll {
         grad_(reinterpret_cast<Logit*>(args.grad)),
         args_(args),
         ops_(BpmllChunkOpsForThisCpu<Logit, Label>()),
+        stream_(args.rows * args.labels * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes),
         bad_(bad) {}
 
   struct PieceStats {
@@ -90,7 +92,7 @@ class CpuBpmll {
     }
     for (int64_t start = begin; start < end; start += kChunk) {
       ops_.gradient(result, logits_ + offset + start, labels_ + offset + start, std::min(kChunk, end - start), soft,
-                    grad_ + offset + start);
+                    stream_, grad_ + offset + start);
     }
   }
 
@@ -109,6 +111,7 @@ class CpuBpmll {
   Logit* grad_;
   const BpmllLossArgs<T, TLabel>& args_;
   const Ops& ops_;
+  const bool stream_;
   BadLabel* bad_;
 };
 

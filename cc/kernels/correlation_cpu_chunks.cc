@@ -2,6 +2,7 @@
 // correlation_cpu_chunks.h. Must not include TensorFlow or Eigen headers
 // (their inline functions would be compiled for this instruction set).
 #include "correlation_cpu_chunks.h"
+#include "cpu_stream_store.h"
 
 #ifndef TFL_CPU_ISA
 #error "TFL_CPU_ISA must name the instruction-set namespace"
@@ -58,10 +59,16 @@ CorrelationMoments<Acc> ChunkMoments(const Acc* x, const Acc* y, const uint8_t* 
 
 template <typename Acc, bool kMasked>
 void ChunkLoss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n,
-               Acc* loss_out) {
+               bool stream, Acc* loss_out) {
   const CorrelationRow<Acc> r = row;
+  alignas(64) Acc staged[kCorrelationChunk];  // the chunk's losses in L1, streamed out from there
+  Acc* target = stream ? staged : loss_out;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) loss_out[i] = CorrelationElementLoss(r, x[i], y[i], kMasked ? valid[i] != 0 : true);
+  for (int64_t i = 0; i < n; ++i) target[i] = CorrelationElementLoss(r, x[i], y[i], kMasked ? valid[i] != 0 : true);
+  if (stream) {
+    StreamStoreBytes(loss_out, staged, n * static_cast<int64_t>(sizeof(Acc)));
+    StreamStoreFence();
+  }
 }
 
 template <typename Acc, bool kMasked>
@@ -82,8 +89,16 @@ CorrelationGradSums<Acc> ChunkGradSums(const CorrelationRow<Acc>& row, const Acc
 
 template <typename Acc, bool kMasked>
 void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-                   const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
+                   const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out) {
   const CorrelationGradCoeffs<Acc> c = coeffs;
+  // A grad_x_out over grad_loss is in cache already: only fresh outputs stream.
+  const bool stream_x = stream && grad_x_out != grad_loss;
+  alignas(64) Acc staged_x[kCorrelationChunk];
+  alignas(64) Acc staged_y[kCorrelationChunk];
+  Acc* const final_x = grad_x_out;
+  Acc* const final_y = grad_y_out;
+  if (stream_x) grad_x_out = staged_x;
+  if (stream) grad_y_out = staged_y;
   // grad_x_out may be grad_loss (see CorrelationLossGradArgs): every input
   // of a step is read before its outputs are stored.
 #pragma omp simd
@@ -95,6 +110,11 @@ void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_los
     grad_x_out[i] = grad_x;
     grad_y_out[i] = grad_y;
   }
+  if (stream_x) StreamStoreBytes(final_x, staged_x, n * static_cast<int64_t>(sizeof(Acc)));
+  if (stream) {
+    StreamStoreBytes(final_y, staged_y, n * static_cast<int64_t>(sizeof(Acc)));
+    StreamStoreFence();
+  }
 }
 
 // The entry points pick the unmasked loops, which load no mask at all.
@@ -104,8 +124,10 @@ CorrelationMoments<Acc> Moments(const Acc* x, const Acc* y, const uint8_t* valid
 }
 
 template <typename Acc>
-void Loss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n, Acc* loss_out) {
-  valid ? ChunkLoss<Acc, true>(row, x, y, valid, n, loss_out) : ChunkLoss<Acc, false>(row, x, y, valid, n, loss_out);
+void Loss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n, bool stream,
+          Acc* loss_out) {
+  valid ? ChunkLoss<Acc, true>(row, x, y, valid, n, stream, loss_out)
+        : ChunkLoss<Acc, false>(row, x, y, valid, n, stream, loss_out);
 }
 
 template <typename Acc>
@@ -117,9 +139,9 @@ CorrelationGradSums<Acc> GradSums(const CorrelationRow<Acc>& row, const Acc* gra
 
 template <typename Acc>
 void Gradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-              const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out) {
-  valid ? ChunkGradient<Acc, true>(coeffs, grad_loss, x, y, valid, n, grad_x_out, grad_y_out)
-        : ChunkGradient<Acc, false>(coeffs, grad_loss, x, y, valid, n, grad_x_out, grad_y_out);
+              const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out) {
+  valid ? ChunkGradient<Acc, true>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out)
+        : ChunkGradient<Acc, false>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out);
 }
 
 }  // namespace

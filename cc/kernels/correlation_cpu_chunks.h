@@ -15,19 +15,24 @@
 
 namespace tf_fused_losses {
 
+// The longest chunk the chunk functions accept.
+constexpr int64_t kCorrelationChunk = 2048;
+
 template <typename Acc>
 struct CorrelationChunkOps {
   const char* isa;
   // Moments of the chunk's valid steps. The chunk should fit in L1: it is
   // read twice (mean, then centred sums).
   CorrelationMoments<Acc> (*moments)(const Acc* x, const Acc* y, const uint8_t* valid, int64_t n);
+  // stream: write the outputs with streaming stores (cpu_stream_store.h),
+  // for outputs too large to stay in cache for the next op.
   void (*loss)(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n,
-               Acc* loss_out);
+               bool stream, Acc* loss_out);
   CorrelationGradSums<Acc> (*grad_sums)(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x,
                                         const Acc* y, const uint8_t* valid, int64_t n);
-  // grad_x_out may equal grad_loss.
+  // grad_x_out may equal grad_loss (then it is not streamed).
   void (*gradient)(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
-                   const uint8_t* valid, int64_t n, Acc* grad_x_out, Acc* grad_y_out);
+                   const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out);
 };
 
 template <typename Acc>

@@ -1,10 +1,12 @@
 #include <algorithm>
+#include <type_traits>
 
 #include "correlation_cpu_chunks.h"
 #include "correlation_kernel_common.h"
 #include "correlation_loss_functor.h"
 #include "correlation_math.h"
 #include "cpu_row_passes.h"
+#include "cpu_stream_store.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -27,6 +29,9 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
     const Acc epsilon = static_cast<Acc>(args.epsilon);
+    // 16-bit gradients are converted from buffers by AccChunk, not streamed.
+    const bool stream =
+        std::is_same<T, Acc>::value && args.rows * steps * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes;
     auto row_of = [&](int64_t row) {
       return CorrelationFinish(CorrelationLoadMoments<Acc>(args.row_stats + row * kCorrelationRowStats), epsilon,
                                args.concordance);
@@ -57,7 +62,8 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
       AccChunk<Acc, T> g, x, y, grad_x, grad_y;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
         ops.gradient(coeffs, g.Read(args.grad_loss + at, n), x.Read(args.y_pred + at, n),
-                     y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n, grad_x.Output(args.grad_y_pred + at),
+                     y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n, stream,
+                     grad_x.Output(args.grad_y_pred + at),
                      grad_y.Output(args.grad_y_true + at));
         grad_x.Write(args.grad_y_pred + at, n);
         grad_y.Write(args.grad_y_true + at, n);

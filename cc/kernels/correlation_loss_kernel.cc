@@ -1,8 +1,11 @@
+#include <type_traits>
+
 #include "correlation_cpu_chunks.h"
 #include "correlation_kernel_common.h"
 #include "correlation_loss_functor.h"
 #include "correlation_math.h"
 #include "cpu_row_passes.h"
+#include "cpu_stream_store.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -14,6 +17,7 @@ namespace {
 // the limit; the loss pass rereads x and y from L2.
 constexpr int64_t kWholeRowMax = 1 << 17;
 constexpr int64_t kCyclesPerElement = 4;
+static_assert(kCpuChunk <= kCorrelationChunk, "the chunk ops take at most kCorrelationChunk elements");
 
 }  // namespace
 
@@ -23,6 +27,9 @@ struct CorrelationLossFunctor<CPUDevice, T> {
     using Acc = typename AccumulatorOf<T>::type;
     const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
     const int64_t steps = args.steps;
+    // 16-bit losses are converted from a buffer by AccChunk, not streamed.
+    const bool stream =
+        std::is_same<T, Acc>::value && args.rows * steps * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes;
 
     auto moments = [&](int64_t row, int64_t begin, int64_t end) {
       AccChunk<Acc, T> x, y;
@@ -41,7 +48,7 @@ struct CorrelationLossFunctor<CPUDevice, T> {
       AccChunk<Acc, T> x, y, loss;
       ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
         ops.loss(result, x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n,
-                 loss.Output(args.loss + at));
+                 stream, loss.Output(args.loss + at));
         loss.Write(args.loss + at, n);
       });
     };

@@ -62,9 +62,12 @@ TFL_HD float VectorizableExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
+  // A NaN x has made p NaN already; converting a NaN n to int is undefined,
+  // and 0 leaves p's NaN bits as they are.
+  const float n_or_zero = n == n ? n : 0.0f;
   int32_t bits;
   std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(n) * (1 << 23);
+  bits += static_cast<int32_t>(n_or_zero) * (1 << 23);
   float result;
   std::memcpy(&result, &bits, sizeof(result));
   result = x < kLowest ? 0.0f : result;
