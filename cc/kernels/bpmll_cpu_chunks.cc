@@ -1,72 +1,16 @@
-// Compiled several times, with TFL_CPU_ISA naming the instruction set; see
-// bpmll_cpu_chunks.h. Must not include TensorFlow or Eigen headers: their
-// inline functions would be compiled for this file's instruction set and
-// could be merged into code that runs on any CPU.
+// Per-ISA build: see cpu_isa_build.h.
+#include "cpu_isa_build.h"  // first: checks TFL_CPU_ISA
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "bpmll_cpu_chunks.h"
+#include "cpu_half_convert_inl.h"
 #include "cpu_stream_store.h"
-
-#ifndef TFL_CPU_ISA
-#error "TFL_CPU_ISA must name the instruction-set namespace"
-#endif
 
 namespace tf_fused_losses {
 namespace TFL_CPU_ISA {
 namespace {
-
-// Conversions to and from the accumulation type, written so that loops over
-// them vectorise (F16C does the half conversions where the ISA has it).
-template <typename Acc, typename T>
-inline Acc Widen(T v) {
-  return static_cast<Acc>(v);
-}
-template <>
-inline float Widen<float, Float16Bits>(Float16Bits v) {
-  _Float16 h;
-  std::memcpy(&h, &v.bits, sizeof(h));
-  return static_cast<float>(h);
-}
-template <>
-inline float Widen<float, BFloat16Bits>(BFloat16Bits v) {
-  uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-// Half and bfloat16 labels beside float64 logits.
-template <>
-inline double Widen<double, Float16Bits>(Float16Bits v) {
-  return Widen<float>(v);
-}
-template <>
-inline double Widen<double, BFloat16Bits>(BFloat16Bits v) {
-  return Widen<float>(v);
-}
-
-template <typename T, typename Acc>
-inline T Narrow(Acc v) {
-  return static_cast<T>(v);
-}
-template <>
-inline Float16Bits Narrow<Float16Bits, float>(float v) {
-  _Float16 h = static_cast<_Float16>(v);  // round to nearest even, as Eigen::half
-  Float16Bits out;
-  std::memcpy(&out.bits, &h, sizeof(h));
-  return out;
-}
-template <>
-inline BFloat16Bits Narrow<BFloat16Bits, float>(float v) {
-  // Round to nearest even, NaN kept quiet: Eigen::bfloat16's conversion.
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  BFloat16Bits out;
-  out.bits = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
-  return out;
-}
 
 // The chunk in the accumulation type: the input itself where it already is,
 // else a converted copy in `buffer`.

@@ -9,36 +9,9 @@
 #include <cstdint>
 
 #include "bpmll_math.h"
-
-namespace Eigen {
-struct half;
-struct bfloat16;
-}  // namespace Eigen
+#include "cpu_half_types.h"
 
 namespace tf_fused_losses {
-
-// The bit layouts of Eigen::half and Eigen::bfloat16: the chunk code must not
-// include Eigen (see bpmll_cpu_chunks.cc).
-struct Float16Bits {
-  uint16_t bits;
-};
-struct BFloat16Bits {
-  uint16_t bits;
-};
-
-// The chunk code's name for each TF element type: the same bits, without Eigen.
-template <typename T>
-struct ChunkTypeOf {
-  using type = T;
-};
-template <>
-struct ChunkTypeOf<Eigen::half> {
-  using type = Float16Bits;
-};
-template <>
-struct ChunkTypeOf<Eigen::bfloat16> {
-  using type = BFloat16Bits;
-};
 
 // The longest chunk the chunk functions accept.
 constexpr int64_t kBpmllChunk = 2048;

@@ -1,12 +1,7 @@
-// Compiled several times, with TFL_CPU_ISA naming the instruction set; see
-// correlation_cpu_chunks.h. Must not include TensorFlow or Eigen headers
-// (their inline functions would be compiled for this instruction set).
+// Per-ISA build: see cpu_isa_build.h.
+#include "cpu_isa_build.h"  // first: checks TFL_CPU_ISA
 #include "correlation_cpu_chunks.h"
 #include "cpu_stream_store.h"
-
-#ifndef TFL_CPU_ISA
-#error "TFL_CPU_ISA must name the instruction-set namespace"
-#endif
 
 namespace tf_fused_losses {
 namespace TFL_CPU_ISA {

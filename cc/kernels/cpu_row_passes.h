@@ -15,8 +15,13 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_half_types.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/threadpool.h"
+
+static_assert(sizeof(Eigen::half) == sizeof(tf_fused_losses::Float16Bits) &&
+                  sizeof(Eigen::bfloat16) == sizeof(tf_fused_losses::BFloat16Bits),
+              "16-bit floats are converted as their bits");
 
 namespace tf_fused_losses {
 
@@ -26,7 +31,8 @@ constexpr int64_t kCpuChunk = 2048;
 constexpr int64_t kCpuPiece = 1 << 15;
 
 // A chunk of a T array as the accumulation type Acc: the array itself when
-// the types agree, else a converted copy (16-bit inputs).
+// the types agree, else a converted copy (16-bit inputs, converted by the
+// per-ISA code: cpu_half_types.h).
 template <typename Acc, typename T>
 class AccChunk {
  public:
@@ -36,7 +42,7 @@ class AccChunk {
     if constexpr (kSame) {
       return data;
     } else {
-      for (int64_t i = 0; i < n; ++i) buffer_[i] = static_cast<Acc>(data[i]);
+      Widen(data, n, buffer_);
       return buffer_;
     }
   }
@@ -49,12 +55,29 @@ class AccChunk {
     }
   }
   void Write(T* data, int64_t n) {
-    if constexpr (!kSame) {
-      for (int64_t i = 0; i < n; ++i) data[i] = static_cast<T>(buffer_[i]);
-    }
+    if constexpr (!kSame) Narrow(buffer_, n, data);
   }
 
  private:
+  static void Widen(const T* in, int64_t n, Acc* out) {
+    if constexpr (std::is_same<T, Eigen::half>::value && std::is_same<Acc, float>::value) {
+      HalfConvertOpsForThisCpu().widen_half(reinterpret_cast<const Float16Bits*>(in), n, out);
+    } else if constexpr (std::is_same<T, Eigen::bfloat16>::value && std::is_same<Acc, float>::value) {
+      HalfConvertOpsForThisCpu().widen_bfloat16(reinterpret_cast<const BFloat16Bits*>(in), n, out);
+    } else {
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(in[i]);
+    }
+  }
+  static void Narrow(const Acc* in, int64_t n, T* out) {
+    if constexpr (std::is_same<T, Eigen::half>::value && std::is_same<Acc, float>::value) {
+      HalfConvertOpsForThisCpu().narrow_half(in, n, reinterpret_cast<Float16Bits*>(out));
+    } else if constexpr (std::is_same<T, Eigen::bfloat16>::value && std::is_same<Acc, float>::value) {
+      HalfConvertOpsForThisCpu().narrow_bfloat16(in, n, reinterpret_cast<BFloat16Bits*>(out));
+    } else {
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
+    }
+  }
+
   Acc buffer_[kSame ? 1 : kCpuChunk];
 };
 
