@@ -3,11 +3,14 @@ table lists every row and the test that covers it): each call must fail
 with an error that names the argument, its shape or value, and what was
 expected."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tf_fused_losses as tfl
+from tf_fused_losses import _loader
 from tf_fused_losses._loader import ops
 
 ZEROS = np.zeros((2, 3), np.float32)
@@ -59,6 +62,21 @@ def test_gradient_op_rejects_mismatched_shapes(grad_loss_shape, shown):
         ops().fused_bpmll_loss_grad(grad_loss=tf.zeros(grad_loss_shape), cached_grad=tf.zeros((2, 4)))
 
 
+@pytest.mark.parametrize(
+    "grad_loss_shape, message",
+    [
+        ((2, 1), r"^Shape must be rank 1 but is rank 2 for '\{\{node FusedBpmllLossGrad\}\}.*input shapes: \[2,1\], \[2,4\]\.$"),
+        ((3,), r"^Dimensions must be equal, but are 3 and 2 for '\{\{node FusedBpmllLossGrad\}\}.*input shapes: \[3\], \[2,4\]\.$"),
+    ],
+)
+def test_gradient_op_in_a_graph_fails_at_trace_time(grad_loss_shape, message):
+    # Static shapes in a tf.function: TF's shape inference, not the kernel,
+    # answers, in its own words (the node and both input shapes).
+    f = tf.function(lambda: ops().fused_bpmll_loss_grad(grad_loss=tf.zeros(grad_loss_shape), cached_grad=tf.zeros((2, 4))), autograph=False)
+    with pytest.raises(ValueError, match=message):
+        f()
+
+
 # --------------------------------------------------------------------------
 # Correlation and CCC
 # --------------------------------------------------------------------------
@@ -100,10 +118,107 @@ def test_a_rank_1_mask_is_rejected_naming_both_shapes(kind):
         SEQUENCE_LOSSES[kind](ZEROS, ZEROS, mask=np.ones(3, bool))
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda y, x: tfl.correlation_loss(y, x, epsilon=1e39),
+        lambda y, x: tfl.ccc_loss(y, x, epsilon=1e39),
+        lambda y, x: tfl.CorrelationLoss(epsilon=1e39)(y, x),
+        lambda y, x: tfl.CCCLoss(epsilon=1e39)(y, x),
+    ],
+    ids=["correlation", "ccc", "CorrelationLoss", "CCCLoss"],
+)
+def test_epsilon_beyond_float32_is_rejected_naming_the_value(call):
+    # The op's attribute is a float32, where 1e39 would become inf.
+    with pytest.raises(ValueError, match=r"^epsilon must be at most 3\.402823e\+38 \(the float32 maximum\); got 1e\+39$"):
+        call(ZEROS, ZEROS)
+
+
 @pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
 def test_complex_targets_are_rejected_naming_the_dtype(kind):
     with pytest.raises(ValueError, match=r"^y_true must be numeric; got dtype complex64$"):
         SEQUENCE_LOSSES[kind](ZEROS.astype(np.complex64), ZEROS)
+
+
+Z25 = tf.zeros((2, 5))
+NO_MASK = tf.zeros([0], tf.bool)
+ROW_STATS = tf.zeros((2, 5), tf.float64)
+
+
+@pytest.mark.parametrize(
+    "graph, kwargs, error, message",
+    [
+        (False, {"epsilon": -1.0}, tf.errors.InvalidArgumentError, r"FusedCorrelationLossGrad: epsilon must be finite and >= 0, got -1"),
+        (
+            False,
+            {"y_true": tf.zeros((2, 4))},
+            tf.errors.InvalidArgumentError,
+            r"FusedCorrelationLossGrad: y_true and y_pred must have the same \(batch, steps\), got shapes \[2,4\] and \[2,5\]",
+        ),
+        (True, {"grad_loss": tf.zeros((2, 4))}, ValueError, r"^FusedCorrelationLossGrad: grad_loss must have shape \(batch, steps\) = \[2,5\], got shape \[2,4\]"),
+        (True, {"row_stats": tf.zeros((1, 5), tf.float64)}, ValueError, r"^FusedCorrelationLossGrad: row_stats must have shape \(batch, 5\), got shape \[1,5\]"),
+    ],
+    ids=["eager-epsilon", "eager-y_true", "graph-grad_loss", "graph-row_stats"],
+)
+def test_correlation_gradient_op_rejects_bad_input(graph, kwargs, error, message):
+    # Eagerly the kernel checks (as test_correlation.py's
+    # test_bad_input_to_the_ops); in a tf.function with static shapes the
+    # op's shape function raises the same words as a ValueError.
+    args = {"grad_loss": Z25, "y_true": Z25, "y_pred": Z25, "mask": NO_MASK, "row_stats": ROW_STATS, **kwargs}
+    call = lambda: ops().fused_correlation_loss_grad(**args)  # noqa: E731
+    with pytest.raises(error, match=message):
+        tf.function(call, autograph=False)() if graph else call()
+
+
+# --------------------------------------------------------------------------
+# Keras classes: the same checks when called
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "loss, shape, message",
+    [
+        (tfl.BPMLLLoss(), (2, 3, 1), r"^y_pred must be rank 2 \(batch, labels\); got shape \(2, 3, 1\)$"),
+        (tfl.CorrelationLoss(), (2, 3, 2), r"^y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)$"),
+        (tfl.CCCLoss(), (2, 3, 2), r"^y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)$"),
+    ],
+    ids=["BPMLLLoss", "CorrelationLoss", "CCCLoss"],
+)
+def test_keras_losses_check_shapes_when_called(loss, shape, message):
+    with pytest.raises(ValueError, match=message):
+        loss(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+
+# --------------------------------------------------------------------------
+# Loading the op library (test_loader.py covers a missing library)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unloaded(monkeypatch):
+    """The loader as if nothing were loaded yet; restored afterwards."""
+    monkeypatch.setattr(_loader, "_library", None)
+
+
+def test_a_library_built_for_another_tensorflow_is_refused_naming_both_versions(unloaded, monkeypatch):
+    monkeypatch.setattr(_loader, "build_info", lambda: {"tensorflow": "2.99.1"})
+    with pytest.raises(
+        RuntimeError,
+        match=rf"^tf_fused_losses was built for TensorFlow 2\.99\.1, but TensorFlow {re.escape(tf.__version__)} is installed\. "
+        r"Install TensorFlow 2\.99\.x, or rebuild .* Set TF_FUSED_LOSSES_PY_OPS=1 to use the pure-TF implementations",
+    ):
+        _loader.ops()
+
+
+def test_a_library_that_cannot_load_is_reported_with_the_loader_error(unloaded, monkeypatch, tmp_path):
+    (tmp_path / _loader.LIBRARY_NAME).write_bytes(b"not a shared library")
+    monkeypatch.setattr(_loader, "_HERE", str(tmp_path))
+    with pytest.raises(
+        RuntimeError,
+        match=rf"^Could not load {re.escape(str(tmp_path))}/libtf_fused_losses\.so, built for TensorFlow unknown, into TensorFlow "
+        rf"{re.escape(tf.__version__)}: .*libtf_fused_losses\.so.*\. Set TF_FUSED_LOSSES_PY_OPS=1",
+    ):
+        _loader.ops()
 
 
 # --------------------------------------------------------------------------

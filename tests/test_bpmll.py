@@ -194,6 +194,29 @@ def test_large_logits_of_one_sign_are_finite_and_correct(rng, dtype, offset):
     np.testing.assert_allclose(grad / scale, ref_grad / scale, atol=rtol)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("far", [30.0, 75.0, 200.0])
+def test_chunks_far_from_the_row_maxima_match_the_reference(rng, dtype, far):
+    """The gradient pass scales the terms that the statistics pass stored per
+    2048-label chunk, around the chunk's first logit; chunks whose logits sit
+    far from the row's maxima need factors beyond e^{+-70} and take the
+    direct form instead. Both must agree with the reference."""
+    shape = (4, 3 * 2048 + 5)
+    c = rng.normal(size=shape)
+    c[:, 2048:4096] += far  # the middle chunk holds the row's largest logits
+    c[1, :2048] -= far
+    y = (rng.random(shape) < 0.3).astype(np.float64)
+    c, y = c.astype(dtype), y.astype(dtype)
+    loss, grad = fused_loss_and_grad(y, c)
+    ref_loss, ref_grad = reference_loss_and_grad(y, c)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    finite = ref_loss < np.finfo(dtype).max  # beyond it the op overflows, as it should
+    assert np.all(np.isinf(loss[~finite]))
+    np.testing.assert_allclose(loss[finite], ref_loss[finite], rtol=rtol)
+    scale = np.abs(ref_grad).max(axis=1, keepdims=True) + 1e-300
+    np.testing.assert_allclose((grad / scale)[finite], (ref_grad / scale)[finite], atol=rtol, rtol=0)
+
+
 def test_overflow_only_where_the_true_value_exceeds_the_range():
     # True loss e^{100} = 2.7e43: beyond float32, within float64.
     y = np.array([[1, 0], [1, 0]], np.float32)
@@ -276,7 +299,8 @@ def test_string_labels_are_rejected_naming_the_dtype():
     ],
 )
 def test_labels_outside_zero_one_are_rejected(labels, where):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels in \[0, 1\]; " + where):
+    # On CPU: a GPU marks the row NaN instead (README).
+    with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=r"labels in \[0, 1\]; " + where):
         tfl.bpmll_loss(labels, np.zeros(labels.shape, np.float32))
 
 
@@ -302,6 +326,22 @@ def test_pure_tf_fallback_matches_the_op(rng, pure_tf, kind):
     np.testing.assert_allclose(pure_loss, op_loss, rtol=2e-5)
     np.testing.assert_allclose(pure_grad, op_grad, rtol=2e-4, atol=1e-7)
     assert pure_loss[0] == 0 and np.all(pure_grad[0] == 0)
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, np.nan])
+@pytest.mark.parametrize("mode", ["pure_tf", "xla"])
+def test_pure_tf_path_marks_rows_with_bad_labels_nan(monkeypatch, bad, mode):
+    """The pure-TF path cannot raise under XLA: like a GPU, it makes the
+    row's loss NaN, and only that row's."""
+    y = np.array([[0, 1, 0], [1, bad, 0], [1, 0, 1]], np.float32)
+    c = np.zeros((3, 3), np.float32)
+    if mode == "pure_tf":
+        monkeypatch.setenv(tfl.PURE_TF_ENV, "1")
+        loss = tfl.bpmll_loss(y, c).numpy()
+    else:
+        loss = tf.function(tfl.bpmll_loss, jit_compile=True)(tf.constant(y), tf.constant(c)).numpy()
+    assert np.isnan(loss[1]) and np.all(np.isfinite(loss[[0, 2]])), loss
+    np.testing.assert_allclose(loss[[0, 2]], [1.0, 1.0])
 
 
 def test_xla_compiled_function_falls_back_and_matches(rng):

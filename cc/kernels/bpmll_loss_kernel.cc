@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <mutex>
 #include <type_traits>
@@ -71,41 +72,93 @@ class CpuBpmll {
     bool soft = false;
   };
 
-  PieceStats Stats(int64_t row, int64_t begin, int64_t end) const {
+  // A whole row's chunks whose terms the statistics pass stored.
+  struct StoredTerms {
+    Acc* terms;  // the row's terms, kWholeRowMax at most
+    struct Chunk {
+      bool stored;
+      bool has_positive;
+      bool has_negative;
+      double guess;
+    };
+    Chunk chunks[kWholeRowMax / kChunk];
+  };
+
+  // terms: null, or where the row's chunk terms go (whole rows only).
+  PieceStats Stats(int64_t row, int64_t begin, int64_t end, StoredTerms* terms = nullptr) const {
     PieceStats out;
     const int64_t offset = row * args_.labels;
     for (int64_t start = begin; start < end; start += kChunk) {
       BpmllChunkLabels seen;
-      out.stats = BpmllMerge(out.stats, ops_.stats(logits_ + offset + start, labels_ + offset + start,
-                                                   std::min(kChunk, end - start), &seen));
+      const BpmllStats<Acc> chunk = ops_.stats(logits_ + offset + start, labels_ + offset + start,
+                                               std::min(kChunk, end - start), &seen,
+                                               terms ? terms->terms + (start - begin) : nullptr);
+      if (terms) {
+        terms->chunks[(start - begin) / kChunk] = {seen.terms_stored, chunk.pos_count > 0.0, chunk.neg_count > 0.0,
+                                                   seen.guess};
+      }
+      out.stats = BpmllMerge(out.stats, chunk);
       out.soft = out.soft || seen.soft;
       if (seen.invalid) bad_->Note(row);
     }
     return out;
   }
 
-  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft) const {
+  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft,
+                const StoredTerms* terms = nullptr) const {
     const int64_t offset = row * args_.labels;
     if (!result.has_pairs) {
       std::fill(args_.grad + offset + begin, args_.grad + offset + end, T(0));
       return;
     }
     for (int64_t start = begin; start < end; start += kChunk) {
-      ops_.gradient(result, logits_ + offset + start, labels_ + offset + start, std::min(kChunk, end - start), soft,
-                    stream_, grad_ + offset + start);
+      const int64_t n = std::min(kChunk, end - start);
+      Acc pos_factor, neg_factor;
+      if (terms && ScalesStoredTerms(result, terms->chunks[(start - begin) / kChunk], &pos_factor, &neg_factor)) {
+        ops_.gradient_from_terms(terms->terms + (start - begin), labels_ + offset + start, n, pos_factor, neg_factor,
+                                 stream_, grad_ + offset + start);
+      } else {
+        ops_.gradient(result, logits_ + offset + start, labels_ + offset + start, n, soft, stream_,
+                      grad_ + offset + start);
+      }
     }
   }
 
   void WholeRows(int64_t first_row, int64_t last_row) const {
+    // Per thread, reused across calls: a fresh 256 KiB allocation per task
+    // would cost page faults.
+    thread_local std::vector<Acc> scratch;
+    scratch.resize(std::max<size_t>(scratch.size(), static_cast<size_t>(args_.labels)));
+    StoredTerms terms;
+    terms.terms = scratch.data();
     for (int64_t row = first_row; row < last_row; ++row) {
-      PieceStats piece = Stats(row, 0, args_.labels);
+      PieceStats piece = Stats(row, 0, args_.labels, &terms);
       BpmllRowResult<Acc> result = BpmllFinish(piece.stats);
       args_.loss[row] = static_cast<T>(result.loss);
-      Gradient(row, 0, args_.labels, result, piece.soft);
+      Gradient(row, 0, args_.labels, result, piece.soft, &terms);
     }
   }
 
  private:
+  // The gradient of a chunk from its stored terms t_j (bpmll_math.h):
+  //   y_j = 1: -E e^{-c_j - pos_shift - pos_log_sum} = -E e^{-guess - pos_shift - pos_log_sum} * t_j
+  //   y_j = 0:  E e^{ c_j - neg_shift - neg_log_sum} =  E e^{ guess - neg_shift - neg_log_sum} * t_j
+  // The factors are taken in double. Since t_j lies within e^{+-60}, a factor
+  // within [1e-30, 1e30] keeps every product as exact as the direct form;
+  // otherwise (extreme rows, NaN) the chunk takes the direct form.
+  static bool ScalesStoredTerms(const BpmllRowResult<Acc>& r, const typename StoredTerms::Chunk& chunk,
+                                Acc* pos_factor, Acc* neg_factor) {
+    if (!chunk.stored) return false;
+    const double loss = static_cast<double>(r.loss);
+    const double pos = loss * std::exp(-chunk.guess - static_cast<double>(r.pos_shift) - r.pos_log_sum);
+    const double neg = loss * std::exp(chunk.guess - static_cast<double>(r.neg_shift) - r.neg_log_sum);
+    auto usable = [](double f) { return f >= 1e-30 && f <= 1e30; };
+    if ((chunk.has_positive && !usable(pos)) || (chunk.has_negative && !usable(neg))) return false;
+    *pos_factor = chunk.has_positive ? static_cast<Acc>(pos) : Acc(0);
+    *neg_factor = chunk.has_negative ? static_cast<Acc>(neg) : Acc(0);
+    return true;
+  }
+
   const Logit* logits_;
   const Label* labels_;
   Logit* grad_;

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from . import reference
-from ._loader import PURE_TF_ENV, build_info, use_pure_tf
+from ._loader import PURE_TF_ENV, build_info, load_ops, use_pure_tf
 from .bpmll import BPMLLLoss, bpmll_loss
 from .correlation import CCCLoss, CorrelationLoss, ccc_loss, correlation_loss
 
@@ -16,6 +16,7 @@ __all__ = [
     "ccc_loss",
     "correlation_loss",
     "build_info",
+    "load_ops",
     "reference",
     "use_pure_tf",
 ]

@@ -48,6 +48,16 @@ def _fallback_hint():
     return f"Set {PURE_TF_ENV}=1 to use the pure-TF implementations instead (slower, same results)."
 
 
+def load_ops():
+    """Loads the op library now and registers its ops with TensorFlow.
+
+    The losses do this on their first call. Call it yourself before
+    `tf.saved_model.load` of a SavedModel whose graphs hold the fused ops:
+    TensorFlow needs the ops registered to load them. Raises RuntimeError,
+    saying why, where the library cannot load (see PURE_TF_ENV)."""
+    ops()
+
+
 @tf.autograph.experimental.do_not_convert
 def ops():
     """The loaded op library (a module of generated op wrappers)."""

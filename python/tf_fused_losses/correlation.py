@@ -4,6 +4,8 @@ ops, their gradient, Keras losses."""
 import math
 import threading
 
+import numpy as np
+
 import keras
 import tensorflow as tf
 
@@ -38,12 +40,17 @@ def _batch_steps(name, t):
     return t.shape[:2]
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_epsilon(epsilon):
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
     epsilon = float(epsilon)
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
+    if epsilon > _FLOAT32_MAX:  # the op's attribute is a float32
+        raise ValueError(f"epsilon must be at most {_FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
     return epsilon
 
 

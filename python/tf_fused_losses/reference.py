@@ -80,7 +80,9 @@ def bpmll_loss_pure_tf(y_true, y_pred):
 
     Log-domain sums (finite wherever the true value is), loss 0 and gradient 0
     for rows without a positive or a negative label. Accumulates in float32
-    at least, like the op.
+    at least, like the op. A row holding a label outside [0, 1] or NaN has
+    loss NaN, as on a GPU: this path may run under XLA, where no check can
+    raise.
     """
     y_pred = tf.convert_to_tensor(y_pred)
     out_dtype = y_pred.dtype
@@ -97,6 +99,8 @@ def bpmll_loss_pure_tf(y_true, y_pred):
         - tf.math.log(tf.where(has_pairs, neg_count, tf.ones_like(neg_count)))
     )
     loss = tf.where(has_pairs, tf.exp(log_loss), tf.zeros_like(log_loss))
+    labels_valid = tf.reduce_all(tf.logical_and(y >= 0, y <= 1), axis=1)  # NaN fails both
+    loss = tf.where(labels_valid, loss, tf.fill(tf.shape(loss), tf.constant(float("nan"), acc)))
     return tf.cast(loss, out_dtype)
 
 

@@ -3,7 +3,7 @@ with a fused loss, in a fresh interpreter, in three stages:
 
   bare       tf_fused_losses not imported
   imported   after `import tf_fused_losses` (the op library loads lazily)
-  loaded     after the op library is loaded
+  loaded     after tf_fused_losses.load_ops()
 
 Usage: saved_model_load.py SAVED_MODEL_DIR MODEL.keras INPUTS.npz OUT.npz
 Prints {stage: {"saved_model": outcome, "keras": outcome}} as JSON, where an
@@ -34,9 +34,7 @@ def main(saved_dir, keras_path, inputs_path, out_path):
         if stage == "imported":
             import tf_fused_losses  # noqa: F401
         if stage == "loaded":
-            from tf_fused_losses import _loader
-
-            _loader.ops()
+            tf_fused_losses.load_ops()
         module, saved_outcome = attempt(lambda: tf.saved_model.load(saved_dir))
         model, keras_outcome = attempt(lambda: keras.models.load_model(keras_path))
         outcomes[stage] = {"saved_model": saved_outcome, "keras": keras_outcome}
