@@ -114,7 +114,7 @@ struct CorrelationBackwardOp {
   const double* row_stats;
   Acc epsilon;
   bool concordance;
-  T* grad_y_true;
+  T* grad_y_true;  // nullptr: not wanted
   T* grad_y_pred;
   bool vector_aligned;
 
@@ -160,7 +160,7 @@ struct CorrelationBackwardOp {
     }
     const bool vector = vector_aligned && count == kVector;
     StoreSlot<kVector>(grad_y_pred + i, count, vector, dx);
-    StoreSlot<kVector>(grad_y_true + i, count, vector, dy);
+    if (grad_y_true != nullptr) StoreSlot<kVector>(grad_y_true + i, count, vector, dy);
   }
 };
 
@@ -181,7 +181,7 @@ CorrelationBackwardOp<T> MakeCorrelationBackwardOp(const T* grad_loss, const T* 
   using Op = CorrelationBackwardOp<T>;
   constexpr int V = Op::kVector;
   const bool aligned = IsAligned(grad_loss, V) && IsAligned(y_true, V) && IsAligned(y_pred, V) &&
-                       IsAligned(grad_y_true, V) && IsAligned(grad_y_pred, V) &&
+                       (grad_y_true == nullptr || IsAligned(grad_y_true, V)) && IsAligned(grad_y_pred, V) &&
                        (mask == nullptr || IsAligned(mask, V));
   return Op{grad_loss, y_true,   y_pred, mask, row_stats, static_cast<typename Op::Acc>(epsilon), concordance,
             grad_y_true, grad_y_pred, aligned};

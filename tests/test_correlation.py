@@ -114,6 +114,41 @@ def test_matches_seed_formula(rng, kind, dtype, shape):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("shape", [(3, 500), (40, 110_001)])  # the second streams its outputs
+def test_a_tape_on_y_pred_alone_skips_the_gradient_of_y_true(rng, kind, mode, shape):
+    """In a training step y_true is a constant: the tape marks it as not
+    needed, and the op then neither computes nor writes its gradient."""
+    fused = KINDS[kind][0]
+    y, x = make_pair(rng, shape, np.float32)
+    upstream = tf.constant(rng.uniform(0.5, 2.0, size=shape).astype(np.float32))
+
+    def y_pred_only(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            total = tf.reduce_sum(fused(y_true, y_pred) * upstream)
+        return tape.gradient(total, y_pred)
+
+    if mode == "function":
+        y_pred_only = tf.function(y_pred_only)
+        graph = y_pred_only.get_concrete_function(tf.constant(y), tf.constant(x)).graph
+        grad_ops = [op for op in graph.get_operations() if op.type == "FusedCorrelationLossGrad"]
+        assert len(grad_ops) == 1 and grad_ops[0].get_attr("compute_grad_y_true") is False
+    got = y_pred_only(tf.constant(y), tf.constant(x)).numpy()
+    _, _, want = loss_and_grads(fused, y, x, upstream.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_the_gradient_op_without_y_true_returns_an_empty_grad_y_true(rng):
+    y, x = make_pair(rng, (2, 50), np.float32)
+    loss, row_stats = tfl._loader.ops().fused_correlation_loss(y_true=y, y_pred=x, mask=tf.zeros([0], tf.bool))
+    grad_y_true, grad_y_pred = tfl._loader.ops().fused_correlation_loss_grad(
+        grad_loss=tf.ones_like(loss), y_true=y, y_pred=x, mask=tf.zeros([0], tf.bool), row_stats=row_stats,
+        compute_grad_y_true=False)
+    assert grad_y_true.shape == (0,) and grad_y_pred.shape == (2, 50)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["eager", "function"])
 def test_eager_and_function_agree(rng, kind, mode):
     fused, seed, _ = KINDS[kind]
     y, x = make_pair(rng, (4, 300), np.float32)

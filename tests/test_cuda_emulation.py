@@ -393,6 +393,20 @@ def test_correlation_backward_may_write_grad_y_pred_over_grad_loss(emu, rng, sha
     np.testing.assert_array_equal(grad_y, expected_y)
 
 
+@pytest.mark.parametrize("shape, options", [((6, 45), {}), ((2, 2049), {}), ((2, 300), {"piece_length": 128})])
+@pytest.mark.parametrize("concordance", [False, True])
+def test_correlation_backward_without_grad_y_true(emu, rng, shape, options, concordance):
+    # compute_grad_y_true = false: the kernel gets no grad_y_true and must not
+    # write one; grad_y_pred is unchanged.
+    y, x, mask = correlation_inputs(rng, shape, "float32", "random")
+    _, row_stats, _ = emu_correlation(emu, y, x, mask, concordance)
+    g = rng.normal(size=shape).astype(np.float32)
+    _, expected_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
+    grad_x = np.empty_like(x)
+    emu.correlation_backward(g, y, x, mask, row_stats, "float32", 1e-7, concordance, None, grad_x, **options)
+    np.testing.assert_array_equal(grad_x, expected_x)
+
+
 def test_correlation_misaligned_arrays_give_the_same_bits(emu, rng):
     y, x, mask = correlation_inputs(rng, (3, 500), "float32", "random")
     loss, row_stats, _ = emu_correlation(emu, y, x, mask, True)

@@ -82,7 +82,7 @@ CorrelationGradSums<Acc> ChunkGradSums(const CorrelationRow<Acc>& row, const Acc
   return CorrelationGradSums<Acc>{cross, sum_x, sum_y};
 }
 
-template <typename Acc, bool kMasked>
+template <typename Acc, bool kMasked, bool kWriteY>
 void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
                    const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out) {
   const CorrelationGradCoeffs<Acc> c = coeffs;
@@ -93,7 +93,7 @@ void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_los
   Acc* const final_x = grad_x_out;
   Acc* const final_y = grad_y_out;
   if (stream_x) grad_x_out = staged_x;
-  if (stream) grad_y_out = staged_y;
+  if (stream && kWriteY) grad_y_out = staged_y;
   // grad_x_out may be grad_loss (see CorrelationLossGradArgs): every input
   // of a step is read before its outputs are stored.
 #pragma omp simd
@@ -101,15 +101,12 @@ void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_los
     const bool v = kMasked ? valid[i] != 0 : true;
     const Acc g = grad_loss[i], xi = x[i], yi = y[i];
     const Acc grad_x = CorrelationGradientX(c, g, xi, yi, v);
-    const Acc grad_y = CorrelationGradientY(c, g, xi, yi, v);
     grad_x_out[i] = grad_x;
-    grad_y_out[i] = grad_y;
+    if constexpr (kWriteY) grad_y_out[i] = CorrelationGradientY(c, g, xi, yi, v);
   }
   if (stream_x) StreamStoreBytes(final_x, staged_x, n * static_cast<int64_t>(sizeof(Acc)));
-  if (stream) {
-    StreamStoreBytes(final_y, staged_y, n * static_cast<int64_t>(sizeof(Acc)));
-    StreamStoreFence();
-  }
+  if (stream && kWriteY) StreamStoreBytes(final_y, staged_y, n * static_cast<int64_t>(sizeof(Acc)));
+  if (stream_x || (stream && kWriteY)) StreamStoreFence();
 }
 
 // The entry points pick the unmasked loops, which load no mask at all.
@@ -135,8 +132,13 @@ CorrelationGradSums<Acc> GradSums(const CorrelationRow<Acc>& row, const Acc* gra
 template <typename Acc>
 void Gradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
               const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out) {
-  valid ? ChunkGradient<Acc, true>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out)
-        : ChunkGradient<Acc, false>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out);
+  if (grad_y_out == nullptr) {
+    valid ? ChunkGradient<Acc, true, false>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, nullptr)
+          : ChunkGradient<Acc, false, false>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, nullptr);
+  } else {
+    valid ? ChunkGradient<Acc, true, true>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out)
+          : ChunkGradient<Acc, false, true>(coeffs, grad_loss, x, y, valid, n, stream, grad_x_out, grad_y_out);
+  }
 }
 
 }  // namespace

@@ -30,7 +30,8 @@ struct CorrelationChunkOps {
                bool stream, Acc* loss_out);
   CorrelationGradSums<Acc> (*grad_sums)(const CorrelationRow<Acc>& row, const Acc* grad_loss, const Acc* x,
                                         const Acc* y, const uint8_t* valid, int64_t n);
-  // grad_x_out may equal grad_loss (then it is not streamed).
+  // grad_x_out may equal grad_loss (then it is not streamed); grad_y_out
+  // may be nullptr (y_true's gradient not wanted).
   void (*gradient)(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_loss, const Acc* x, const Acc* y,
                    const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out);
 };

@@ -38,7 +38,7 @@ struct CorrelationLossGradArgs {
   int64_t steps;
   float epsilon;
   bool concordance;
-  T* grad_y_true;  // (rows, steps)
+  T* grad_y_true;  // (rows, steps), or nullptr: not wanted
   // May be grad_loss itself (the kernel forwards that buffer when it can):
   // read an element's grad_loss before writing its gradients, and not after.
   T* grad_y_pred;

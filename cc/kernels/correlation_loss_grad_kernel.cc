@@ -56,7 +56,9 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
     auto write_gradients = [&](int64_t row, int64_t begin, int64_t end, const CorrelationGradCoeffs<Acc>& coeffs) {
       if (!row_of(row).has_gradient) {
         std::fill(args.grad_y_pred + row * steps + begin, args.grad_y_pred + row * steps + end, T(0));
-        std::fill(args.grad_y_true + row * steps + begin, args.grad_y_true + row * steps + end, T(0));
+        if (args.grad_y_true) {
+          std::fill(args.grad_y_true + row * steps + begin, args.grad_y_true + row * steps + end, T(0));
+        }
         return;
       }
       AccChunk<Acc, T> g, x, y, grad_x, grad_y;
@@ -64,9 +66,9 @@ struct CorrelationLossGradFunctor<CPUDevice, T> {
         ops.gradient(coeffs, g.Read(args.grad_loss + at, n), x.Read(args.y_pred + at, n),
                      y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n, stream,
                      grad_x.Output(args.grad_y_pred + at),
-                     grad_y.Output(args.grad_y_true + at));
+                     args.grad_y_true ? grad_y.Output(args.grad_y_true + at) : nullptr);
         grad_x.Write(args.grad_y_pred + at, n);
-        grad_y.Write(args.grad_y_true + at, n);
+        if (args.grad_y_true) grad_y.Write(args.grad_y_true + at, n);
       });
     };
     RunTwoPassRows(ctx, args.rows, steps, kWholeRowMax, kCyclesPerElement, sums, CorrelationAddGradSums<Acc>, finish,
@@ -79,6 +81,7 @@ class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
  public:
   explicit FusedCorrelationLossGradOp(tensorflow::OpKernelConstruction* ctx) : tensorflow::OpKernel(ctx) {
     ReadCorrelationAttrs(ctx, kOp, &attrs_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_grad_y_true", &compute_grad_y_true_));
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
@@ -102,7 +105,8 @@ class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
                                                     row_stats.shape().DebugString()));
     tensorflow::Tensor* grad_y_true = nullptr;
     tensorflow::Tensor* grad_y_pred = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &grad_y_true));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, compute_grad_y_true_ ? y_true.shape() : tensorflow::TensorShape({0}),
+                                             &grad_y_true));
     // grad_loss is usually a temporary that dies here: its buffer can take
     // grad_y_pred, which then lands in lines the first pass brought to cache.
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 1, y_pred.shape(), &grad_y_pred));
@@ -116,7 +120,7 @@ class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
                                     shape.steps,
                                     attrs_.epsilon,
                                     attrs_.concordance,
-                                    grad_y_true->flat<T>().data(),
+                                    compute_grad_y_true_ ? grad_y_true->flat<T>().data() : nullptr,
                                     grad_y_pred->flat<T>().data()};
     CorrelationLossGradFunctor<Device, T>()(ctx, args);
   }
@@ -124,6 +128,7 @@ class FusedCorrelationLossGradOp : public tensorflow::OpKernel {
  private:
   static constexpr const char* kOp = "FusedCorrelationLossGrad";
   CorrelationAttrs attrs_;
+  bool compute_grad_y_true_ = true;
 };
 
 TFL_REGISTER_CORRELATION_KERNELS(tensorflow::DEVICE_CPU, CPUDevice, "FusedCorrelationLossGrad",

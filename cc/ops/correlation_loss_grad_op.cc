@@ -18,6 +18,7 @@ REGISTER_OP("FusedCorrelationLossGrad")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("concordance: bool = false")
     .Attr("epsilon: float = 1e-7")
+    .Attr("compute_grad_y_true: bool = true")
     .SetShapeFn([](InferenceContext* c) -> Status {
       const char* op = "FusedCorrelationLossGrad";
       ShapeHandle batch_steps, unused;
@@ -31,7 +32,9 @@ REGISTER_OP("FusedCorrelationLossGrad")
         return tensorflow::errors::InvalidArgument(op, ": row_stats must have shape (batch, ", kCorrelationRowStats,
                                                    "), got shape ", c->DebugString(c->input(4)));
       }
-      c->set_output(0, c->input(1));
+      bool compute_grad_y_true = true;
+      TF_RETURN_IF_ERROR(c->GetAttr("compute_grad_y_true", &compute_grad_y_true));
+      c->set_output(0, compute_grad_y_true ? c->input(1) : c->Vector(0));
       c->set_output(1, c->input(2));
       return Status();
     })
@@ -39,6 +42,8 @@ REGISTER_OP("FusedCorrelationLossGrad")
 Gradients of sum_{b,t} grad_loss[b, t] * loss[b, t] of FusedCorrelationLoss
 with respect to y_true and y_pred, from the forward op's row_stats. Each has
 its input's shape. Masked steps and degenerate Pearson rows get gradient 0.
+compute_grad_y_true = false (a training step, where y_true is constant)
+skips y_true's gradient: grad_y_true is then an empty vector.
 )doc");
 
 }  // namespace tf_fused_losses

@@ -143,6 +143,11 @@ def ccc_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
 def _fused_correlation_loss_grad(op, grad_loss, unused_grad_row_stats):
     # row_stats is an internal output; second derivatives are not provided.
     y_true, y_pred, mask = op.inputs
+    # A GradientTape says which inputs it needs no gradient for: in a training
+    # step y_true is a constant, and its gradient would be a (batch, steps)
+    # tensor computed and written for nothing. (tf.gradients sets no such
+    # attribute: both are computed.)
+    want_grad_y_true = 0 not in (getattr(op, "skip_input_indices", None) or ())
     grad_y_true, grad_y_pred = ops().fused_correlation_loss_grad(
         grad_loss=grad_loss,
         y_true=y_true,
@@ -151,8 +156,9 @@ def _fused_correlation_loss_grad(op, grad_loss, unused_grad_row_stats):
         row_stats=op.outputs[1],
         concordance=op.get_attr("concordance"),
         epsilon=op.get_attr("epsilon"),
+        compute_grad_y_true=want_grad_y_true,
     )
-    return [grad_y_true, grad_y_pred, None]
+    return [grad_y_true if want_grad_y_true else None, grad_y_pred, None]
 
 
 class _SequenceCorrelationLoss(keras.losses.Loss):

@@ -131,7 +131,7 @@ py::dict CorrelationForward(const py::buffer& y_true, const py::buffer& y_pred, 
 
 py::dict CorrelationBackward(const py::buffer& grad_loss, const py::buffer& y_true, const py::buffer& y_pred,
                              const py::object& mask, const py::buffer& row_stats, const std::string& dtype,
-                             double epsilon, bool concordance, const py::buffer& grad_y_true,
+                             double epsilon, bool concordance, const py::object& grad_y_true,
                              const py::buffer& grad_y_pred, int multiprocessors, int64_t piece_length,
                              int64_t max_grid) {
   const tfl_emu::Type type = tfl_emu::ParseType(dtype);
@@ -139,9 +139,12 @@ py::dict CorrelationBackward(const py::buffer& grad_loss, const py::buffer& y_tr
   Array y = Check(y_true, "y_true", type, false);
   Array x = Check(y_pred, "y_pred", type, false);
   Array stats = Check(row_stats, "row_stats", tfl_emu::Type::kDouble, false);
-  Array gy = Check(grad_y_true, "grad_y_true", type, true);
+  // None: y_true's gradient not wanted (the op's compute_grad_y_true = false).
+  const bool want_y = !grad_y_true.is_none();
+  Array gy = want_y ? Check(grad_y_true.cast<py::buffer>(), "grad_y_true", type, true) : Array{};
   Array gx = Check(grad_y_pred, "grad_y_pred", type, true);
-  if (x.shape.size() != 2 || y.shape != x.shape || g.shape != x.shape || gy.shape != x.shape || gx.shape != x.shape ||
+  if (x.shape.size() != 2 || y.shape != x.shape || g.shape != x.shape || (want_y && gy.shape != x.shape) ||
+      gx.shape != x.shape ||
       stats.shape != std::vector<py::ssize_t>{x.shape[0], tf_fused_losses::kCorrelationRowStats}) {
     throw std::invalid_argument("correlation_backward: shapes must be (rows, steps), row_stats (rows, 5)");
   }
@@ -150,7 +153,8 @@ py::dict CorrelationBackward(const py::buffer& grad_loss, const py::buffer& y_tr
   {
     py::gil_scoped_release release;
     info = tfl_emu::CorrelationBackward(type, g.data, y.data, x.data, m, static_cast<const double*>(stats.data),
-                                        static_cast<float>(epsilon), concordance, gy.data, gx.data, x.shape[0],
+                                        static_cast<float>(epsilon), concordance, want_y ? gy.data : nullptr, gx.data,
+                                        x.shape[0],
                                         x.shape[1], Options(multiprocessors, piece_length, max_grid));
   }
   return Info(info);
