@@ -19,8 +19,7 @@ inline const Acc* AsAccumulator(const T* values, int64_t n, Acc* buffer) {
   if constexpr (std::is_same<T, Acc>::value) {
     return values;
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) buffer[i] = Widen<Acc>(values[i]);
+    WidenArray(values, n, buffer);
     return buffer;
   }
 }
@@ -167,8 +166,7 @@ void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& ro
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, target);
   } else {
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) target[i] = Narrow<Logit>(gradient_buffer[i]);
+    NarrowArray(gradient_buffer, n, target);
   }
   if (stream) {
     StreamStoreBytes(gradient_out, staged, n * static_cast<int64_t>(sizeof(Logit)));
@@ -186,9 +184,16 @@ void GradientFromTerms(const typename AccumulatorOf<Logit>::type* terms, const L
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
   Logit* target = stream ? staged : gradient_out;
   const Acc negated_pos_factor = -pos_factor;
+  if constexpr (std::is_same<Logit, Acc>::value) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    target[i] = Narrow<Logit>((acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i]);
+    for (int64_t i = 0; i < n; ++i) target[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
+  } else {
+    alignas(64) Acc gradient_buffer[kBpmllChunk];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      gradient_buffer[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
+    }
+    NarrowArray(gradient_buffer, n, target);
   }
   if (stream) {
     StreamStoreBytes(gradient_out, staged, n * static_cast<int64_t>(sizeof(Logit)));
@@ -200,8 +205,20 @@ template <typename Logit>
 void ScaleChunk(const Logit* in, const Logit* scale, int64_t n, Logit* out) {
   using Acc = typename AccumulatorOf<Logit>::type;
   const Acc factor = Widen<Acc>(*scale);
+  if constexpr (std::is_same<Logit, Acc>::value) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = Narrow<Logit>(Widen<Acc>(in[i]) * factor);
+    for (int64_t i = 0; i < n; ++i) out[i] = in[i] * factor;
+  } else {
+    // Through the array conversions, a cache-resident block at a time.
+    alignas(64) Acc buffer[kBpmllChunk];
+    for (int64_t start = 0; start < n; start += kBpmllChunk) {
+      const int64_t count = n - start < kBpmllChunk ? n - start : kBpmllChunk;
+      WidenArray(in + start, count, buffer);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) buffer[i] *= factor;
+      NarrowArray(buffer, count, out + start);
+    }
+  }
 }
 
 }  // namespace

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_half_types.h"
 
 namespace tf_fused_losses {
@@ -60,6 +64,53 @@ inline BFloat16Bits Narrow<BFloat16Bits, float>(float v) {
   BFloat16Bits out;
   out.bits = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
   return out;
+}
+
+// Whole arrays. GCC 12 does not vectorise the _Float16 conversions above
+// (one vcvtps2ph per element), so the half arrays use the F16C/AVX-512
+// instructions directly where the build has them: the same rounding (to
+// nearest even) and NaN handling, 8 or 16 elements at a time.
+template <typename Acc, typename T>
+inline void WidenArray(const T* in, int64_t n, Acc* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = Widen<Acc>(in[i]);
+}
+template <typename T, typename Acc>
+inline void NarrowArray(const Acc* in, int64_t n, T* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = Narrow<T>(in[i]);
+}
+
+template <>
+inline void WidenArray<float, Float16Bits>(const Float16Bits* in, int64_t n, float* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i))));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  }
+#endif
+  for (; i < n; ++i) out[i] = Widen<float>(in[i]);
+}
+
+template <>
+inline void NarrowArray<Float16Bits, float>(const float* in, int64_t n, Float16Bits* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+#endif
+  for (; i < n; ++i) out[i] = Narrow<Float16Bits>(in[i]);
 }
 
 }  // namespace

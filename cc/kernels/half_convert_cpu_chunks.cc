@@ -8,22 +8,20 @@ namespace TFL_CPU_ISA {
 namespace {
 
 template <typename Half>
-void WidenArray(const Half* in, int64_t n, float* out) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = Widen<float>(in[i]);
+void WidenToFloat(const Half* in, int64_t n, float* out) {
+  WidenArray(in, n, out);
 }
 
 template <typename Half>
-void NarrowArray(const float* in, int64_t n, Half* out) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = Narrow<Half>(in[i]);
+void NarrowFromFloat(const float* in, int64_t n, Half* out) {
+  NarrowArray(in, n, out);
 }
 
 }  // namespace
 
 const tf_fused_losses::HalfConvertOps& HalfConvertOps() {
-  static const tf_fused_losses::HalfConvertOps ops = {&WidenArray<Float16Bits>, &WidenArray<BFloat16Bits>,
-                                                      &NarrowArray<Float16Bits>, &NarrowArray<BFloat16Bits>};
+  static const tf_fused_losses::HalfConvertOps ops = {&WidenToFloat<Float16Bits>, &WidenToFloat<BFloat16Bits>,
+                                                      &NarrowFromFloat<Float16Bits>, &NarrowFromFloat<BFloat16Bits>};
   return ops;
 }
 
