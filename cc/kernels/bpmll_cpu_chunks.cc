@@ -158,20 +158,16 @@ void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& ro
   alignas(64) Acc logit_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
   alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
   alignas(64) Acc gradient_buffer[kLogitsAreAcc ? 1 : kBpmllChunk];
-  alignas(64) Logit staged[kBpmllChunk];  // the chunk's gradient in L1, streamed out from there
-  Logit* target = stream ? staged : gradient_out;
+  StreamedChunkOutput<Logit, kBpmllChunk> out(gradient_out, stream);
   const Acc* acc_logits = AsAccumulator(logits, n, logit_buffer);
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
   if constexpr (kLogitsAreAcc) {
-    AccChunkGradient(row, acc_logits, acc_labels, n, soft, target);
+    AccChunkGradient(row, acc_logits, acc_labels, n, soft, out.data());
   } else {
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
-    NarrowArray(gradient_buffer, n, target);
+    NarrowArray(gradient_buffer, n, out.data());
   }
-  if (stream) {
-    StreamStoreBytes(gradient_out, staged, n * static_cast<int64_t>(sizeof(Logit)));
-    StreamStoreFence();
-  }
+  out.Finish(n);
 }
 
 template <typename Logit, typename Label>
@@ -180,9 +176,9 @@ void GradientFromTerms(const typename AccumulatorOf<Logit>::type* terms, const L
                        bool stream, Logit* gradient_out) {
   using Acc = typename AccumulatorOf<Logit>::type;
   alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
-  alignas(64) Logit staged[kBpmllChunk];
+  StreamedChunkOutput<Logit, kBpmllChunk> out(gradient_out, stream);
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
-  Logit* target = stream ? staged : gradient_out;
+  Logit* target = out.data();
   const Acc negated_pos_factor = -pos_factor;
   if constexpr (std::is_same<Logit, Acc>::value) {
 #pragma omp simd
@@ -195,10 +191,7 @@ void GradientFromTerms(const typename AccumulatorOf<Logit>::type* terms, const L
     }
     NarrowArray(gradient_buffer, n, target);
   }
-  if (stream) {
-    StreamStoreBytes(gradient_out, staged, n * static_cast<int64_t>(sizeof(Logit)));
-    StreamStoreFence();
-  }
+  out.Finish(n);
 }
 
 template <typename Logit>

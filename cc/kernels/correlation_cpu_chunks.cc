@@ -56,14 +56,11 @@ template <typename Acc, bool kMasked>
 void ChunkLoss(const CorrelationRow<Acc>& row, const Acc* x, const Acc* y, const uint8_t* valid, int64_t n,
                bool stream, Acc* loss_out) {
   const CorrelationRow<Acc> r = row;
-  alignas(64) Acc staged[kCorrelationChunk];  // the chunk's losses in L1, streamed out from there
-  Acc* target = stream ? staged : loss_out;
+  StreamedChunkOutput<Acc, kCorrelationChunk> out(loss_out, stream);
+  Acc* target = out.data();
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) target[i] = CorrelationElementLoss(r, x[i], y[i], kMasked ? valid[i] != 0 : true);
-  if (stream) {
-    StreamStoreBytes(loss_out, staged, n * static_cast<int64_t>(sizeof(Acc)));
-    StreamStoreFence();
-  }
+  out.Finish(n);
 }
 
 template <typename Acc, bool kMasked>
@@ -87,26 +84,21 @@ void ChunkGradient(const CorrelationGradCoeffs<Acc>& coeffs, const Acc* grad_los
                    const uint8_t* valid, int64_t n, bool stream, Acc* grad_x_out, Acc* grad_y_out) {
   const CorrelationGradCoeffs<Acc> c = coeffs;
   // A grad_x_out over grad_loss is in cache already: only fresh outputs stream.
-  const bool stream_x = stream && grad_x_out != grad_loss;
-  alignas(64) Acc staged_x[kCorrelationChunk];
-  alignas(64) Acc staged_y[kCorrelationChunk];
-  Acc* const final_x = grad_x_out;
-  Acc* const final_y = grad_y_out;
-  if (stream_x) grad_x_out = staged_x;
-  if (stream && kWriteY) grad_y_out = staged_y;
+  StreamedChunkOutput<Acc, kCorrelationChunk> out_x(grad_x_out, stream && grad_x_out != grad_loss);
+  StreamedChunkOutput<Acc, kCorrelationChunk> out_y(grad_y_out, stream && kWriteY);
+  Acc* const gx = out_x.data();
+  Acc* const gy = out_y.data();
   // grad_x_out may be grad_loss (see CorrelationLossGradArgs): every input
   // of a step is read before its outputs are stored.
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const bool v = kMasked ? valid[i] != 0 : true;
     const Acc g = grad_loss[i], xi = x[i], yi = y[i];
-    const Acc grad_x = CorrelationGradientX(c, g, xi, yi, v);
-    grad_x_out[i] = grad_x;
-    if constexpr (kWriteY) grad_y_out[i] = CorrelationGradientY(c, g, xi, yi, v);
+    gx[i] = CorrelationGradientX(c, g, xi, yi, v);
+    if constexpr (kWriteY) gy[i] = CorrelationGradientY(c, g, xi, yi, v);
   }
-  if (stream_x) StreamStoreBytes(final_x, staged_x, n * static_cast<int64_t>(sizeof(Acc)));
-  if (stream && kWriteY) StreamStoreBytes(final_y, staged_y, n * static_cast<int64_t>(sizeof(Acc)));
-  if (stream_x || (stream && kWriteY)) StreamStoreFence();
+  out_x.Finish(n);
+  out_y.Finish(n);
 }
 
 // The entry points pick the unmasked loops, which load no mask at all.

@@ -19,10 +19,6 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/threadpool.h"
 
-static_assert(sizeof(Eigen::half) == sizeof(tf_fused_losses::Float16Bits) &&
-                  sizeof(Eigen::bfloat16) == sizeof(tf_fused_losses::BFloat16Bits),
-              "16-bit floats are converted as their bits");
-
 namespace tf_fused_losses {
 
 // Elements per inner call: a chunk of each array stays in L1.

@@ -75,6 +75,27 @@ inline void StreamStoreFence() {
 #endif
 }
 
+// Where a chunk's outputs are computed: dest itself, or, when streaming, an
+// L1 buffer of up to kCapacity elements that Finish() streams to dest.
+template <typename T, int64_t kCapacity>
+class StreamedChunkOutput {
+ public:
+  StreamedChunkOutput(T* dest, bool stream) : dest_(dest), stream_(stream) {}
+  T* data() { return stream_ ? staged_ : dest_; }
+  // Once the first n elements of data() are written.
+  void Finish(int64_t n) {
+    if (stream_) {
+      StreamStoreBytes(dest_, staged_, n * static_cast<int64_t>(sizeof(T)));
+      StreamStoreFence();
+    }
+  }
+
+ private:
+  T* const dest_;
+  const bool stream_;
+  alignas(64) T staged_[kCapacity];
+};
+
 }  // namespace
 }  // namespace tf_fused_losses
 

@@ -5,23 +5,11 @@
 
 namespace tf_fused_losses {
 namespace TFL_CPU_ISA {
-namespace {
-
-template <typename Half>
-void WidenToFloat(const Half* in, int64_t n, float* out) {
-  WidenArray(in, n, out);
-}
-
-template <typename Half>
-void NarrowFromFloat(const float* in, int64_t n, Half* out) {
-  NarrowArray(in, n, out);
-}
-
-}  // namespace
 
 const tf_fused_losses::HalfConvertOps& HalfConvertOps() {
-  static const tf_fused_losses::HalfConvertOps ops = {&WidenToFloat<Float16Bits>, &WidenToFloat<BFloat16Bits>,
-                                                      &NarrowFromFloat<Float16Bits>, &NarrowFromFloat<BFloat16Bits>};
+  static const tf_fused_losses::HalfConvertOps ops = {&WidenArray<float, Float16Bits>, &WidenArray<float, BFloat16Bits>,
+                                                      &NarrowArray<Float16Bits, float>,
+                                                      &NarrowArray<BFloat16Bits, float>};
   return ops;
 }
 
