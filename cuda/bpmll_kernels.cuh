@@ -87,12 +87,8 @@ struct BpmllRowOp {
     Acc g[kVector];
 #pragma unroll
     for (int k = 0; k < kVector; ++k) {
-      const Acc y = e.label[k];
-      // Soft labels need both terms; on 0/1 labels the one-term form gives
-      // the same value with one exp.
-      const Acc gradient = (y == Acc(0) || y == Acc(1)) ? BpmllHardGradient(r.row, e.logit[k], y)
-                                                         : BpmllGradient(r.row, e.logit[k], y);
-      g[k] = r.bad_labels ? std::numeric_limits<Acc>::quiet_NaN() : (r.row.has_pairs ? gradient : Acc(0));
+      const Acc gradient = BpmllRowGradient(r.row, e.logit[k], e.label[k]);
+      g[k] = r.bad_labels ? std::numeric_limits<Acc>::quiet_NaN() : gradient;
     }
     StoreSlot<kVector>(grad + i, count, vector_aligned && count == kVector, g);
   }

@@ -6,8 +6,8 @@
 // valid is the row's bool mask at the chunk, read as bytes (nonzero = valid
 // step; GCC vectorises no loads of bool), or nullptr when every step is
 // valid.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_CPU_CHUNKS_H_
+#define TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_CPU_CHUNKS_H_
 
 #include <cstdint>
 
@@ -46,4 +46,4 @@ inline const uint8_t* MaskBytesAt(const bool* mask, int64_t at) {
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_CPU_CHUNKS_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_CPU_CHUNKS_H_

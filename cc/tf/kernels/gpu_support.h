@@ -2,8 +2,8 @@
 // that includes no TensorFlow header: cuda/*.cu.cc include this, and nvcc
 // then compiles only our code and the CUDA headers. gpu_support.cc, built
 // by the host compiler, implements it.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_GPU_SUPPORT_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_GPU_SUPPORT_H_
+#ifndef TF_FUSED_LOSSES_CC_TF_KERNELS_GPU_SUPPORT_H_
+#define TF_FUSED_LOSSES_CC_TF_KERNELS_GPU_SUPPORT_H_
 
 #if GOOGLE_CUDA
 
@@ -54,4 +54,4 @@ void ReportGpuLaunch(tensorflow::OpKernelContext* ctx, cudaError_t status, const
 }  // namespace tf_fused_losses
 
 #endif  // GOOGLE_CUDA
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_GPU_SUPPORT_H_
+#endif  // TF_FUSED_LOSSES_CC_TF_KERNELS_GPU_SUPPORT_H_

@@ -8,8 +8,8 @@
 // last-level cache costs twice its size in memory traffic. A streaming store
 // writes whole lines without reading them. Worth it only for outputs that the
 // next op will not find in cache anyway: see kStreamStoreMinBytes.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_STREAM_STORE_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_STREAM_STORE_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_STREAM_STORE_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_STREAM_STORE_H_
 
 #include <cstdint>
 #include <cstring>
@@ -99,4 +99,4 @@ class StreamedChunkOutput {
 }  // namespace
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_STREAM_STORE_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_STREAM_STORE_H_

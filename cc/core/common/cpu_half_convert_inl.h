@@ -2,8 +2,8 @@
 // per-ISA chunk code only (see cpu_stream_store.h for why the linkage is
 // internal): written so that loops over them vectorise, with F16C doing the
 // half conversions where the instruction set has it.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_CONVERT_INL_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_CONVERT_INL_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_CONVERT_INL_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_CONVERT_INL_H_
 
 #include <cstdint>
 #include <cstring>
@@ -116,4 +116,4 @@ inline void NarrowArray<Float16Bits, float>(const float* in, int64_t n, Float16B
 }  // namespace
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_CONVERT_INL_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_CONVERT_INL_H_

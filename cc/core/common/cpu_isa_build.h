@@ -4,11 +4,11 @@
 // cpu_isa.h picks one at run time. Such a file must not include TensorFlow or
 // Eigen headers: their inline functions would be compiled for that file's
 // instruction set and could be merged into code that runs on any CPU.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_BUILD_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_BUILD_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_BUILD_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_BUILD_H_
 
 #ifndef TFL_CPU_ISA
 #error "TFL_CPU_ISA must name the instruction-set namespace"
 #endif
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_BUILD_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_BUILD_H_

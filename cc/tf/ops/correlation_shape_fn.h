@@ -1,6 +1,6 @@
 // Shape checks shared by FusedCorrelationLoss and FusedCorrelationLossGrad.
-#ifndef TF_FUSED_LOSSES_CC_OPS_CORRELATION_SHAPE_FN_H_
-#define TF_FUSED_LOSSES_CC_OPS_CORRELATION_SHAPE_FN_H_
+#ifndef TF_FUSED_LOSSES_CC_TF_OPS_CORRELATION_SHAPE_FN_H_
+#define TF_FUSED_LOSSES_CC_TF_OPS_CORRELATION_SHAPE_FN_H_
 
 #include "correlation_math.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -55,4 +55,4 @@ inline tensorflow::Status CorrelationInputsShape(tensorflow::shape_inference::In
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_OPS_CORRELATION_SHAPE_FN_H_
+#endif  // TF_FUSED_LOSSES_CC_TF_OPS_CORRELATION_SHAPE_FN_H_

@@ -3,8 +3,8 @@
 // AVX2+FMA, AVX-512) and the best one this CPU runs is picked at load time;
 // TensorFlow's own wheel assumes only AVX. The chunk code also converts the
 // 16-bit and integer inputs, so that the conversions vectorise too.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_BPMLL_CPU_CHUNKS_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_BPMLL_CPU_CHUNKS_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_CPU_CHUNKS_H_
+#define TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_CPU_CHUNKS_H_
 
 #include <cstdint>
 
@@ -19,27 +19,16 @@ constexpr int64_t kBpmllChunk = 2048;
 struct BpmllChunkLabels {
   bool soft;     // some 0 < y < 1: the two-exp path is needed
   bool invalid;  // some y outside [0, 1], or NaN
-  // Set when the stats call was given terms_out and stored the chunk's terms
-  // there: e^{guess - c_j} for y_j = 1, e^{c_j - guess} for y_j = 0, all
-  // within e^{+-60} (hard labels, logit range <= 60). The gradient pass can
-  // then scale them (gradient_from_terms) instead of evaluating exp again.
-  bool terms_stored;
-  double guess;
 };
 
 template <typename Logit, typename Label>
 struct BpmllChunkOps {
   using Acc = typename AccumulatorOf<Logit>::type;
   const char* isa;
-  // terms_out: null, or room for n terms (see BpmllChunkLabels::terms_stored).
-  BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen,
-                           Acc* terms_out);
+  BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen);
   // stream: write gradient_out with streaming stores (kStreamStoreMinBytes).
   void (*gradient)(const BpmllRowResult<Acc>& row, const Logit* logits, const Label* labels, int64_t n, bool soft,
                    bool stream, Logit* gradient_out);
-  // gradient_out[j] = -pos_factor * terms[j] where y_j = 1, neg_factor * terms[j] where y_j = 0.
-  void (*gradient_from_terms)(const Acc* terms, const Label* labels, int64_t n, Acc pos_factor, Acc neg_factor,
-                              bool stream, Logit* gradient_out);
 };
 
 template <typename Logit>
@@ -77,4 +66,4 @@ const ScaleChunkOps<Logit>& ScaleChunkOpsForThisCpu();
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_BPMLL_CPU_CHUNKS_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_CPU_CHUNKS_H_

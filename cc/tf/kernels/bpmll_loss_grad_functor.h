@@ -1,8 +1,8 @@
 // The GPU side of FusedBpmllLossGrad (the CPU kernel in
 // bpmll_loss_grad_kernel.cc computes directly): declared here, defined in
 // cuda/bpmll_loss_grad_kernel.cu.cc.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_
+#ifndef TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_
+#define TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_
 
 #include <cstdint>
 
@@ -29,4 +29,4 @@ struct BpmllLossGradFunctor {
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_
+#endif  // TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_GRAD_FUNCTOR_H_

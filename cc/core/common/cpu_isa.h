@@ -4,8 +4,8 @@
 // TFL_CPU_ISA=baseline|avx2|avx512 in the environment caps the choice, so
 // that tests can run every build on one machine; it never raises it above
 // what the CPU supports.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_H_
 
 #include <cstdlib>
 #include <cstring>
@@ -44,4 +44,4 @@ inline CpuIsa BestCpuIsa() {
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_ISA_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ISA_H_

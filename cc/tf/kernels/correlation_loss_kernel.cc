@@ -1,59 +1,19 @@
 #include <type_traits>
 
-#include "correlation_cpu_chunks.h"
 #include "correlation_kernel_common.h"
 #include "correlation_loss_functor.h"
 #include "correlation_math.h"
-#include "cpu_row_passes.h"
-#include "cpu_stream_store.h"
+#include "cpu_half_types.h"
+#include "tf_parallel_for.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_fused_losses {
 
-namespace {
-
-// x, y and the loss of a whole row: 12 bytes a step in float, so 1 MiB at
-// the limit; the loss pass rereads x and y from L2.
-constexpr int64_t kWholeRowMax = 1 << 17;
-constexpr int64_t kCyclesPerElement = 4;
-static_assert(kCpuChunk <= kCorrelationChunk, "the chunk ops take at most kCorrelationChunk elements");
-
-}  // namespace
-
 template <typename T>
 struct CorrelationLossFunctor<CPUDevice, T> {
   void operator()(tensorflow::OpKernelContext* ctx, const CorrelationLossArgs<T>& args) {
-    using Acc = typename AccumulatorOf<T>::type;
-    const CorrelationChunkOps<Acc>& ops = CorrelationChunkOpsForThisCpu<Acc>();
-    const int64_t steps = args.steps;
-    // 16-bit losses are converted from a buffer by AccChunk, not streamed.
-    const bool stream =
-        std::is_same<T, Acc>::value && args.rows * steps * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes;
-
-    auto moments = [&](int64_t row, int64_t begin, int64_t end) {
-      AccChunk<Acc, T> x, y;
-      CorrelationMoments<Acc> total = CorrelationEmptyMoments<Acc>();
-      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
-        total = CorrelationMerge(total, ops.moments(x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n),
-                                                    MaskBytesAt(args.mask, at), n));
-      });
-      return total;
-    };
-    auto finish = [&](int64_t row, const CorrelationMoments<Acc>& total) {
-      CorrelationStoreMoments(total, args.row_stats + row * kCorrelationRowStats);
-      return CorrelationFinish(total, static_cast<Acc>(args.epsilon), args.concordance);
-    };
-    auto write_loss = [&](int64_t row, int64_t begin, int64_t end, const CorrelationRow<Acc>& result) {
-      AccChunk<Acc, T> x, y, loss;
-      ForEachChunk(row * steps + begin, row * steps + end, [&](int64_t at, int64_t n) {
-        ops.loss(result, x.Read(args.y_pred + at, n), y.Read(args.y_true + at, n), MaskBytesAt(args.mask, at), n,
-                 stream, loss.Output(args.loss + at));
-        loss.Write(args.loss + at, n);
-      });
-    };
-    RunTwoPassRows(ctx, args.rows, steps, kWholeRowMax, kCyclesPerElement, moments, CorrelationMerge<Acc>, finish,
-                   write_loss);
+    RunCorrelationLossCpu(RetypeCorrelationArgs<typename ChunkTypeOf<T>::type>(args), TfParallelFor(ctx));
   }
 };
 

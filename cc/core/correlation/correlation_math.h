@@ -42,9 +42,10 @@
 //     is 0. With eps = 0 and D = 0 the row is degenerate (loss 1, gradient 0).
 // Exactness: the moments are computed so that a constant row gives mean
 // equal to its value and variance exactly 0 (see CorrelationMerge), hence
-// cx = 0 and loss exactly 1. NaN inputs are not degenerate: they propagate.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_MATH_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_MATH_H_
+// cx = 0 and loss exactly 1. NaN and infinite inputs at valid steps are not
+// degenerate: the row's loss and gradients are NaN on its valid steps.
+#ifndef TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_MATH_H_
+#define TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_MATH_H_
 
 #include "math_common.h"
 
@@ -168,6 +169,14 @@ TFL_HD CorrelationRow<Acc> CorrelationFinish(const CorrelationMoments<Acc>& s, A
     r.has_gradient = !(s.count < 2.0 || var_x == Acc(0) || var_y == Acc(0) || r.denominator == Acc(0));
   }
   r.scale = r.has_gradient ? (concordance ? Acc(2) : Acc(1)) / r.denominator : Acc(0);
+  // A NaN or infinite value at a valid step leaves the moments non-finite:
+  // the row's loss and gradients are NaN on its valid steps (no limits are
+  // taken; docs/semantics.md). x - x is 0 exactly for finite x only.
+  const Acc finite_probe = (s.mean_x - s.mean_x) + (s.mean_y - s.mean_y) + (s.m2_x - s.m2_x) + (s.m2_y - s.m2_y);
+  if (!(finite_probe == Acc(0))) {
+    r.has_gradient = true;
+    r.scale = r.denominator = finite_probe;  // NaN
+  }
   return r;
 }
 
@@ -260,4 +269,4 @@ TFL_HD Acc CorrelationGradientY(const CorrelationGradCoeffs<Acc>& c, Acc g, Acc 
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_MATH_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_CORRELATION_CORRELATION_MATH_H_

@@ -1,13 +1,15 @@
 // Row algorithms of the shape "reduce each row, finish it, then write every
-// element from the finished row", on TensorFlow's CPU worker threads.
+// element from the finished row", on a ParallelFor.
 //
 // Rows whose data fit in L2 are one task each, so that the write pass
 // rereads them from cache: one pass over memory. Few or long rows are cut
 // into pieces; each piece is then read twice from memory (reduce, write), in
-// two parallel phases, and the pieces' partial results are combined per row
-// in piece order between them.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
+// two parallel phases. Either way a row is reduced piece by piece (pieces of
+// kCpuPiece elements, chunk by chunk within a piece) and the pieces' partial
+// results are combined in piece order, so the bits of every result depend on
+// the shape alone, not on the thread count or the path taken.
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ROW_PASSES_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ROW_PASSES_H_
 
 #include <algorithm>
 #include <cstdint>
@@ -16,8 +18,7 @@
 #include <vector>
 
 #include "cpu_half_types.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/platform/threadpool.h"
+#include "parallel_for.h"
 
 namespace tf_fused_losses {
 
@@ -56,18 +57,18 @@ class AccChunk {
 
  private:
   static void Widen(const T* in, int64_t n, Acc* out) {
-    if constexpr (std::is_same<T, Eigen::half>::value && std::is_same<Acc, float>::value) {
+    if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
       HalfConvertOpsForThisCpu().widen_half(reinterpret_cast<const Float16Bits*>(in), n, out);
-    } else if constexpr (std::is_same<T, Eigen::bfloat16>::value && std::is_same<Acc, float>::value) {
+    } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
       HalfConvertOpsForThisCpu().widen_bfloat16(reinterpret_cast<const BFloat16Bits*>(in), n, out);
     } else {
       for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(in[i]);
     }
   }
   static void Narrow(const Acc* in, int64_t n, T* out) {
-    if constexpr (std::is_same<T, Eigen::half>::value && std::is_same<Acc, float>::value) {
+    if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
       HalfConvertOpsForThisCpu().narrow_half(in, n, reinterpret_cast<Float16Bits*>(out));
-    } else if constexpr (std::is_same<T, Eigen::bfloat16>::value && std::is_same<Acc, float>::value) {
+    } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
       HalfConvertOpsForThisCpu().narrow_bfloat16(in, n, reinterpret_cast<BFloat16Bits*>(out));
     } else {
       for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
@@ -90,32 +91,32 @@ void ForEachChunk(int64_t begin, int64_t end, const Body& body) {
 // whole_row_max: the longest row done as one task (its working set should
 // fit in L2); cycles_per_element: rough cost, for the pool's sharding.
 template <typename Reduce, typename Combine, typename Finish, typename Write>
-void RunTwoPassRows(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t steps, int64_t whole_row_max,
+void RunTwoPassRows(const ParallelFor& pool, int64_t rows, int64_t steps, int64_t whole_row_max,
                     int64_t cycles_per_element, const Reduce& reduce, const Combine& combine, const Finish& finish,
                     const Write& write) {
   using Partial = decltype(reduce(int64_t{0}, int64_t{0}, int64_t{0}));
   using Result = decltype(finish(int64_t{0}, std::declval<Partial>()));
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t threads = pool->NumThreads();
+  const int64_t pieces_per_row = std::max<int64_t>(1, (steps + kCpuPiece - 1) / kCpuPiece);
+  auto piece_end = [&](int64_t begin) { return std::min(steps, begin + kCpuPiece); };
 
-  if (steps <= whole_row_max && (rows >= 2 * threads || steps <= 4 * kCpuChunk)) {
-    pool->ParallelFor(rows, std::max<int64_t>(steps, 1) * cycles_per_element, [&](int64_t first, int64_t last) {
+  if (steps <= whole_row_max && (rows >= 2 * pool.NumThreads() || steps <= 4 * kCpuChunk)) {
+    pool.Run(rows, std::max<int64_t>(steps, 1) * cycles_per_element, [&](int64_t first, int64_t last) {
       for (int64_t row = first; row < last; ++row) {
-        const Result result = finish(row, reduce(row, 0, steps));
-        write(row, 0, steps, result);
+        Partial total = reduce(row, 0, piece_end(0));
+        for (int64_t k = 1; k < pieces_per_row; ++k) total = combine(total, reduce(row, k * kCpuPiece, piece_end(k * kCpuPiece)));
+        write(row, 0, steps, finish(row, total));
       }
     });
     return;
   }
 
-  const int64_t pieces_per_row = (steps + kCpuPiece - 1) / kCpuPiece;
   const int64_t pieces = rows * pieces_per_row;
   auto for_each_piece = [&](auto&& body) {
-    pool->ParallelFor(pieces, kCpuPiece * cycles_per_element, [&](int64_t first, int64_t last) {
+    pool.Run(pieces, kCpuPiece * cycles_per_element, [&](int64_t first, int64_t last) {
       for (int64_t p = first; p < last; ++p) {
         const int64_t row = p / pieces_per_row;
         const int64_t begin = (p % pieces_per_row) * kCpuPiece;
-        body(p, row, begin, std::min(steps, begin + kCpuPiece));
+        body(p, row, begin, piece_end(begin));
       }
     });
   };
@@ -133,4 +134,4 @@ void RunTwoPassRows(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t step
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_ROW_PASSES_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_ROW_PASSES_H_

@@ -1,7 +1,7 @@
 // The functor split of tensorflow/custom-op: one declaration, specialised for
 // CPU in bpmll_loss_kernel.cc and for GPU in cuda/bpmll_loss_kernel.cu.cc.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_FUNCTOR_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_FUNCTOR_H_
+#ifndef TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_FUNCTOR_H_
+#define TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_FUNCTOR_H_
 
 #include <cstdint>
 
@@ -30,4 +30,4 @@ struct BpmllLossFunctor {
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_BPMLL_LOSS_FUNCTOR_H_
+#endif  // TF_FUSED_LOSSES_CC_TF_KERNELS_BPMLL_LOSS_FUNCTOR_H_

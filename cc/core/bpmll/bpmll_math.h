@@ -22,9 +22,23 @@
 // stay finite wherever E is.
 //
 // A row with |Y| = 0 or |Ybar| = 0 has no pairs: loss 0 and gradient 0
-// (the pure-TF formula gives 0/0 = NaN there).
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_BPMLL_MATH_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_BPMLL_MATH_H_
+// (the pure-TF formula gives 0/0 = NaN there), whatever its logits, unless
+// one of them is NaN.
+//
+// Non-finite logits (the rule every path follows; docs/semantics.md):
+//  * A NaN logit makes its row's loss and every gradient element NaN, pairs
+//    or not. It reaches the sums as a NaN term.
+//  * Infinite logits: loss = P N / (|Y| |Ybar|) and
+//      dE/dc_j = ((1 - y_j) e^{c_j} P - y_j e^{-c_j} N) / (|Y| |Ybar|)
+//    evaluated in extended arithmetic (e^{+inf} = inf, e^{-inf} = 0,
+//    0 * inf = inf - inf = NaN), a term of weight 0 being exactly 0. That is
+//    the limit wherever one exists for 0/1 labels: a positive at +inf adds 0,
+//    a positive at -inf makes the loss +inf (NaN if N = 0). An infinite logit
+//    sets a shift to +-inf; the terms at that shift count as e^0, and the row
+//    is "extended": its gradient takes BpmllExtendedGradient, since the
+//    E * e^{...} form would multiply inf by 0 where the limit is finite.
+#ifndef TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_MATH_H_
+#define TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_MATH_H_
 
 #include "math_common.h"
 
@@ -57,7 +71,10 @@ TFL_HD void BpmllMergeLogSum(Acc shift_a, Acc sum_a, Acc shift_b, Acc sum_b, Acc
   } else if (shift_b == NegativeInfinity<Acc>()) {
     *shift = shift_a;
     *sum = sum_a;
-  } else if (shift_a >= shift_b) {
+  } else if (shift_a == shift_b) {  // also +inf on both sides, where e^(inf - inf) would be NaN
+    *shift = shift_a;
+    *sum = sum_a + sum_b;
+  } else if (shift_a > shift_b) {
     *shift = shift_a;
     *sum = sum_a + sum_b * exp(shift_b - shift_a);
   } else if (shift_b > shift_a) {
@@ -104,7 +121,9 @@ struct BpmllRowResult {
   Acc pos_log_sum;
   Acc neg_shift;     // log N = neg_shift + neg_log_sum
   Acc neg_log_sum;
+  Acc log_pairs;  // log(|Y| |Ybar|)
   bool has_pairs;
+  bool extended;  // an infinite logit set a shift: BpmllExtendedGradient
 };
 
 template <typename Acc>
@@ -115,19 +134,25 @@ TFL_HD BpmllRowResult<Acc> BpmllFinish(const BpmllStats<Acc>& s) {
   r.neg_shift = s.neg_shift;
   r.pos_log_sum = log(s.pos_sum);
   r.neg_log_sum = log(s.neg_sum);
+  r.extended = false;
   if (!r.has_pairs) {
-    r.loss = Acc(0);
+    const bool nan = !(s.pos_sum == s.pos_sum && s.neg_sum == s.neg_sum && s.pos_shift == s.pos_shift &&
+                       s.neg_shift == s.neg_shift);
+    r.loss = nan ? NegativeInfinity<Acc>() - NegativeInfinity<Acc>() : Acc(0);  // NaN: a NaN logit
+    r.log_pairs = Acc(0);
     return r;
   }
+  r.extended = IsInfinite(s.pos_shift) || IsInfinite(s.neg_shift);
   // The shifts nearly cancel when all logits are large and of one sign; their
   // sum is exact then, and the product form keeps full precision. The log
   // form is only needed where e^{shift} alone would leave the range.
   Acc shift = s.pos_shift + s.neg_shift;
   double pairs = s.pos_count * s.neg_count;
+  r.log_pairs = static_cast<Acc>(log(pairs));
   if (shift > Acc(-60) && shift < Acc(60)) {
     r.loss = static_cast<Acc>(exp(static_cast<double>(shift)) * s.pos_sum * s.neg_sum / pairs);
   } else {
-    r.loss = exp(shift + r.pos_log_sum + r.neg_log_sum - static_cast<Acc>(log(pairs)));
+    r.loss = exp(shift + r.pos_log_sum + r.neg_log_sum - r.log_pairs);
   }
   return r;
 }
@@ -171,6 +196,25 @@ TFL_HD Acc BpmllHardGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
   return y != Acc(0) ? -t : t;
 }
 
+// dE/dc_j by the direct form, for extended rows (see the top of this file):
+//   (1 - y) e^{c + log P - log pairs} - y e^{-c + log N - log pairs}.
+template <typename Acc>
+TFL_HD Acc BpmllExtendedGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
+  const Acc up = y == Acc(1) ? Acc(0) : (Acc(1) - y) * exp(((c + r.pos_shift) + r.pos_log_sum) - r.log_pairs);
+  const Acc down = y == Acc(0) ? Acc(0) : y * exp(((r.neg_shift - c) + r.neg_log_sum) - r.log_pairs);
+  return up - down;
+}
+
+// dE/dc_j of any row, for callers that take one element at a time (CUDA).
+template <typename Acc>
+TFL_HD Acc BpmllRowGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
+  if (!r.has_pairs) return r.loss * Acc(0);  // 0, or NaN after a NaN logit
+  if (r.extended) return BpmllExtendedGradient(r, c, y);
+  // Soft labels need both terms; on 0/1 labels the one-term form gives the
+  // same value with one exp.
+  return (y == Acc(0) || y == Acc(1)) ? BpmllHardGradient(r, c, y) : BpmllGradient(r, c, y);
+}
+
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_BPMLL_MATH_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_BPMLL_BPMLL_MATH_H_

@@ -1,7 +1,7 @@
 // Attribute and input checks shared by the FusedCorrelationLoss and
 // FusedCorrelationLossGrad kernels, on every device.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_KERNEL_COMMON_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_KERNEL_COMMON_H_
+#ifndef TF_FUSED_LOSSES_CC_TF_KERNELS_CORRELATION_KERNEL_COMMON_H_
+#define TF_FUSED_LOSSES_CC_TF_KERNELS_CORRELATION_KERNEL_COMMON_H_
 
 #include <cmath>
 #include <cstdint>
@@ -72,4 +72,4 @@ inline tensorflow::Status ValidateCorrelationInputs(const char* op, const tensor
   TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, float)           \
   TFL_REGISTER_CORRELATION_KERNEL(DEVICE_NAME, DEVICE_TYPE, OP, CLASS, double)
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CORRELATION_KERNEL_COMMON_H_
+#endif  // TF_FUSED_LOSSES_CC_TF_KERNELS_CORRELATION_KERNEL_COMMON_H_

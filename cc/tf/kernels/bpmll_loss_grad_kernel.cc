@@ -1,13 +1,12 @@
 // Scales each row of the cached BP-MLL gradient by the upstream gradient of
 // its loss. A kernel of its own, rather than a broadcasting Mul: it works in
 // place on the cached buffer and is one vectorised pass over memory.
-#include <algorithm>
-
-#include "bpmll_cpu_chunks.h"
+#include "bpmll_cpu.h"
+#include "cpu_half_types.h"
 #include "bpmll_loss_grad_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/threadpool.h"
+#include "tf_parallel_for.h"
 
 namespace tf_fused_losses {
 
@@ -20,23 +19,9 @@ using tensorflow::Tensor;
 template <typename T>
 struct BpmllLossGradFunctor<CPUDevice, T> {
   void operator()(OpKernelContext* ctx, const BpmllLossGradArgs<T>& args) {
-    using Chunk = typename ChunkTypeOf<T>::type;
-    const auto& ops = ScaleChunkOpsForThisCpu<Chunk>();
-    const Chunk* scale = reinterpret_cast<const Chunk*>(args.grad_loss);
-    const Chunk* in = reinterpret_cast<const Chunk*>(args.cached_grad);
-    Chunk* out = reinterpret_cast<Chunk*>(args.out);
-    const int64_t labels = args.labels;
-    // Blocks of a row or less, so that a few long rows still spread over all threads.
-    const int64_t block = std::min<int64_t>(labels, 1 << 14);
-    const int64_t blocks_per_row = (labels + block - 1) / block;
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    pool->ParallelFor(args.rows * blocks_per_row, block * 2, [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) {
-        const int64_t row = b / blocks_per_row, begin = (b % blocks_per_row) * block;
-        const int64_t offset = row * labels + begin;
-        ops.scale(in + offset, scale + row, std::min(block, labels - begin), out + offset);
-      }
-    });
+    using Logit = typename ChunkTypeOf<T>::type;
+    RunBpmllLossGradCpu(reinterpret_cast<const Logit*>(args.grad_loss), reinterpret_cast<const Logit*>(args.cached_grad),
+                        args.rows, args.labels, reinterpret_cast<Logit*>(args.out), TfParallelFor(ctx));
   }
 };
 

@@ -1,7 +1,7 @@
 // The 16-bit float types as the per-ISA chunk code sees them, and the array
 // conversions between them and float that the chunk builds provide.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_TYPES_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_TYPES_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_TYPES_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_TYPES_H_
 
 #include <cstdint>
 
@@ -50,4 +50,4 @@ const HalfConvertOps& HalfConvertOpsForThisCpu();
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_CPU_HALF_TYPES_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_CPU_HALF_TYPES_H_

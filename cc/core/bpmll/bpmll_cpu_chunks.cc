@@ -1,5 +1,6 @@
 // Per-ISA build: see cpu_isa_build.h.
 #include "cpu_isa_build.h"  // first: checks TFL_CPU_ISA
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -28,10 +29,18 @@ inline const Acc* AsAccumulator(const T* values, int64_t n, Acc* buffer) {
 // Exact shifts: a max loop, then the sums. Needed for soft labels' second
 // exp, and when the provisional shifts of ChunkStats were far off.
 template <typename Acc>
-void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, Acc pos_shift, Acc neg_shift,
-                 Acc* pos_sum_out, Acc* neg_sum_out) {
+void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, bool infinite, Acc pos_shift,
+                 Acc neg_shift, Acc* pos_sum_out, Acc* neg_sum_out) {
   Acc pos_sum = 0, neg_sum = 0;
-  if (!soft) {
+  if (infinite) {
+    // An infinite logit may have set a shift: the terms at the shift are e^0,
+    // not e^(inf - inf) (bpmll_math.h, "Infinite logits").
+    for (int64_t i = 0; i < n; ++i) {
+      const Acc c = logits[i], y = labels[i];
+      if (y != Acc(0)) pos_sum += y * (-c == pos_shift ? Acc(1) : VectorizableExp(-c - pos_shift));
+      if (y != Acc(1)) neg_sum += (Acc(1) - y) * (c == neg_shift ? Acc(1) : VectorizableExp(c - neg_shift));
+    }
+  } else if (!soft) {
 #pragma omp simd reduction(+ : pos_sum, neg_sum)
     for (int64_t i = 0; i < n; ++i) {
       Acc y = labels[i];
@@ -55,10 +64,8 @@ void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, Acc
 // When that range is under 60 every term lies within e^{+-60} and no sum can
 // leave the type's range, which is the common case; otherwise, or for soft
 // labels, a second and third loop redo the sums around the exact maxima.
-// kStoreTerms: also store each term in terms_out, for gradient_from_terms.
-template <typename Acc, bool kStoreTerms>
-BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels* labels_seen,
-                              Acc* terms_out) {
+template <typename Acc>
+BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels* labels_seen) {
   const Acc inf = std::numeric_limits<Acc>::infinity();
   const Acc guess = logits[0];
   Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf, pos_count = 0, not_hard = 0;
@@ -69,7 +76,6 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
     logit_min = c < logit_min ? c : logit_min;
     logit_max = c > logit_max ? c : logit_max;
     Acc term = BpmllHardTerm(c, y, -guess, guess);
-    if constexpr (kStoreTerms) terms_out[i] = term;
     pos_sum += y != Acc(0) ? term : Acc(0);
     neg_sum += y != Acc(0) ? Acc(0) : term;
     pos_count += y;
@@ -80,8 +86,6 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
   }
   labels_seen->soft = false;
   labels_seen->invalid = false;
-  labels_seen->terms_stored = false;
-  labels_seen->guess = static_cast<double>(guess);
   if (not_hard != Acc(0)) {
     Acc soft_count = 0, invalid_count = 0;
 #pragma omp simd reduction(+ : soft_count, invalid_count)
@@ -113,9 +117,8 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
     }
     stats.pos_shift = pos_shift;
     stats.neg_shift = neg_shift;
-    ShiftedSums(logits, labels, n, soft, pos_shift, neg_shift, &pos_sum, &neg_sum);
-  } else {
-    labels_seen->terms_stored = kStoreTerms;
+    const bool infinite = std::isinf(logit_min) || std::isinf(logit_max);
+    ShiftedSums(logits, labels, n, soft, infinite, pos_shift, neg_shift, &pos_sum, &neg_sum);
   }
   if (stats.pos_count == 0.0) stats.pos_shift = -inf;
   if (stats.neg_count == 0.0) stats.neg_shift = -inf;
@@ -128,7 +131,9 @@ template <typename Acc>
 void AccChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, const Acc* labels, int64_t n, bool soft,
                       Acc* gradient_out) {
   const BpmllRowResult<Acc> row = row_in;  // a local copy: the stores below cannot alias it
-  if (soft) {
+  if (row.extended) {
+    for (int64_t i = 0; i < n; ++i) gradient_out[i] = BpmllExtendedGradient(row, logits[i], labels[i]);
+  } else if (soft) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) gradient_out[i] = BpmllGradient(row, logits[i], labels[i]);
   } else {
@@ -139,15 +144,13 @@ void AccChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, cons
 
 template <typename Logit, typename Label>
 BpmllStats<typename AccumulatorOf<Logit>::type> ChunkStats(const Logit* logits, const Label* labels, int64_t n,
-                                                               BpmllChunkLabels* labels_seen,
-                                                               typename AccumulatorOf<Logit>::type* terms_out) {
+                                                               BpmllChunkLabels* labels_seen) {
   using Acc = typename AccumulatorOf<Logit>::type;
   alignas(64) Acc logit_buffer[std::is_same<Logit, Acc>::value ? 1 : kBpmllChunk];
   alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
   const Acc* acc_logits = AsAccumulator(logits, n, logit_buffer);
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
-  return terms_out ? AccChunkStats<Acc, true>(acc_logits, acc_labels, n, labels_seen, terms_out)
-                   : AccChunkStats<Acc, false>(acc_logits, acc_labels, n, labels_seen, nullptr);
+  return AccChunkStats(acc_logits, acc_labels, n, labels_seen);
 }
 
 template <typename Logit, typename Label>
@@ -166,30 +169,6 @@ void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& ro
   } else {
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
     NarrowArray(gradient_buffer, n, out.data());
-  }
-  out.Finish(n);
-}
-
-template <typename Logit, typename Label>
-void GradientFromTerms(const typename AccumulatorOf<Logit>::type* terms, const Label* labels, int64_t n,
-                       typename AccumulatorOf<Logit>::type pos_factor, typename AccumulatorOf<Logit>::type neg_factor,
-                       bool stream, Logit* gradient_out) {
-  using Acc = typename AccumulatorOf<Logit>::type;
-  alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
-  StreamedChunkOutput<Logit, kBpmllChunk> out(gradient_out, stream);
-  const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
-  Logit* target = out.data();
-  const Acc negated_pos_factor = -pos_factor;
-  if constexpr (std::is_same<Logit, Acc>::value) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) target[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
-  } else {
-    alignas(64) Acc gradient_buffer[kBpmllChunk];
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      gradient_buffer[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
-    }
-    NarrowArray(gradient_buffer, n, target);
   }
   out.Finish(n);
 }
@@ -222,8 +201,7 @@ void ScaleChunk(const Logit* in, const Logit* scale, int64_t n, Logit* out) {
 template <typename Logit, typename Label>
 const tf_fused_losses::BpmllChunkOps<Logit, Label>& BpmllChunkOps() {
   static const tf_fused_losses::BpmllChunkOps<Logit, Label> ops = {
-      TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Logit, Label>, &ChunkGradient<Logit, Label>,
-      &GradientFromTerms<Logit, Label>};
+      TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Logit, Label>, &ChunkGradient<Logit, Label>};
   return ops;
 }
 

@@ -1,8 +1,8 @@
 // Shared by the CPU kernels (g++) and the CUDA kernels (nvcc): no TensorFlow
 // header may be included here, so that the CUDA emulation harness in tests/
 // can compile the same math.
-#ifndef TF_FUSED_LOSSES_CC_KERNELS_MATH_COMMON_H_
-#define TF_FUSED_LOSSES_CC_KERNELS_MATH_COMMON_H_
+#ifndef TF_FUSED_LOSSES_CC_CORE_COMMON_MATH_COMMON_H_
+#define TF_FUSED_LOSSES_CC_CORE_COMMON_MATH_COMMON_H_
 
 #include <cmath>
 #include <cstdint>
@@ -29,6 +29,11 @@ template <>
 struct AccumulatorOf<double> {
   using type = double;
 };
+
+template <typename Acc>
+TFL_HD bool IsInfinite(Acc v) {
+  return v == std::numeric_limits<Acc>::infinity() || v == -std::numeric_limits<Acc>::infinity();
+}
 
 template <typename Acc>
 TFL_HD Acc NegativeInfinity() {
@@ -79,4 +84,4 @@ TFL_HD double VectorizableExp(double x) { return std::exp(x); }
 
 }  // namespace tf_fused_losses
 
-#endif  // TF_FUSED_LOSSES_CC_KERNELS_MATH_COMMON_H_
+#endif  // TF_FUSED_LOSSES_CC_CORE_COMMON_MATH_COMMON_H_

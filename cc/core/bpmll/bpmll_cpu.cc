@@ -1,0 +1,231 @@
+#include "bpmll_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "bpmll_cpu_chunks.h"
+#include "bpmll_math.h"
+#include "cpu_half_types.h"
+#include "cpu_stream_store.h"
+
+namespace tf_fused_losses {
+
+namespace {
+
+// Elements per inner call: the chunk's logits, labels and gradient stay in L1.
+constexpr int64_t kChunk = kBpmllChunk;
+// A whole row is one task while its logits, labels and gradient fit in L2,
+// so the gradient loop rereads them from cache: one pass over memory.
+constexpr int64_t kWholeRowMax = 1 << 16;
+// Rows are reduced in pieces of this many elements, merged in piece order,
+// whichever way the work is scheduled: long rows are split into such pieces
+// (each read twice from memory, statistics then gradient, in two parallel
+// phases), and whole rows are reduced the same way so that both give equal
+// bits.
+constexpr int64_t kPiece = 1 << 15;
+// Rough cost of one element in cycles, for the pool's sharding.
+constexpr int64_t kCyclesPerElement = 12;
+
+// The earliest row with a label outside [0, 1]; reported after the pool joins.
+struct BadRow {
+  std::mutex mu;
+  int64_t row = -1;
+  void Note(int64_t r) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (row < 0 || r < row) row = r;
+  }
+};
+
+template <typename T>
+double StorageAsDouble(T v) {
+  if constexpr (std::is_same<T, Float16Bits>::value || std::is_same<T, BFloat16Bits>::value) {
+    float f;
+    if constexpr (std::is_same<T, Float16Bits>::value) {
+      HalfConvertOpsForThisCpu().widen_half(&v, 1, &f);
+    } else {
+      HalfConvertOpsForThisCpu().widen_bfloat16(&v, 1, &f);
+    }
+    return f;
+  } else {
+    return static_cast<double>(v);
+  }
+}
+
+// A row's gradient when the row has no pairs: 0, or NaN where its loss is NaN
+// (a NaN logit; bpmll_math.h).
+template <typename T>
+T NoPairsGradient(bool nan) {
+  if constexpr (std::is_same<T, Float16Bits>::value) {
+    return Float16Bits{static_cast<uint16_t>(nan ? 0x7e00 : 0)};
+  } else if constexpr (std::is_same<T, BFloat16Bits>::value) {
+    return BFloat16Bits{static_cast<uint16_t>(nan ? 0x7fc0 : 0)};
+  } else {
+    return nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
+  }
+}
+
+template <typename T, typename TLabel>
+class CpuBpmll {
+ public:
+  using Ops = BpmllChunkOps<T, TLabel>;
+  using Acc = typename Ops::Acc;
+
+  struct PieceStats {
+    BpmllStats<Acc> stats = BpmllEmptyStats<Acc>();
+    bool soft = false;
+  };
+
+  CpuBpmll(const BpmllCpuArgs<T, TLabel>& args, BadRow* bad)
+      : args_(args),
+        ops_(BpmllChunkOpsForThisCpu<T, TLabel>()),
+        stream_(args.rows * args.labels * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes),
+        bad_(bad) {}
+
+  int64_t PiecesPerRow() const { return std::max<int64_t>(1, (args_.labels + kPiece - 1) / kPiece); }
+  int64_t PieceBegin(int64_t k) const { return k * kPiece; }
+  int64_t PieceEnd(int64_t k) const { return std::min(args_.labels, (k + 1) * kPiece); }
+
+  PieceStats Stats(int64_t row, int64_t begin, int64_t end) const {
+    PieceStats out;
+    const int64_t offset = row * args_.labels;
+    for (int64_t start = begin; start < end; start += kChunk) {
+      BpmllChunkLabels seen;
+      const BpmllStats<Acc> chunk = ops_.stats(args_.y_pred + offset + start, args_.y_true + offset + start,
+                                               std::min(kChunk, end - start), &seen);
+      out.stats = BpmllMerge(out.stats, chunk);
+      out.soft = out.soft || seen.soft;
+      if (seen.invalid) bad_->Note(row);
+    }
+    return out;
+  }
+
+  static PieceStats Merge(const PieceStats& a, const PieceStats& b) {
+    return PieceStats{BpmllMerge(a.stats, b.stats), a.soft || b.soft};
+  }
+
+  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft) const {
+    const int64_t offset = row * args_.labels;
+    if (!result.has_pairs) {
+      std::fill(args_.grad + offset + begin, args_.grad + offset + end, NoPairsGradient<T>(result.loss != result.loss));
+      return;
+    }
+    for (int64_t start = begin; start < end; start += kChunk) {
+      ops_.gradient(result, args_.y_pred + offset + start, args_.y_true + offset + start,
+                    std::min(kChunk, end - start), soft, stream_, args_.grad + offset + start);
+    }
+  }
+
+  void StoreLoss(int64_t row, Acc loss) const {
+    if constexpr (std::is_same<T, Float16Bits>::value) {
+      HalfConvertOpsForThisCpu().narrow_half(&loss, 1, args_.loss + row);
+    } else if constexpr (std::is_same<T, BFloat16Bits>::value) {
+      HalfConvertOpsForThisCpu().narrow_bfloat16(&loss, 1, args_.loss + row);
+    } else {
+      args_.loss[row] = static_cast<T>(loss);
+    }
+  }
+
+  void WholeRows(int64_t first_row, int64_t last_row) const {
+    for (int64_t row = first_row; row < last_row; ++row) {
+      PieceStats total = Stats(row, PieceBegin(0), PieceEnd(0));
+      for (int64_t k = 1; k < PiecesPerRow(); ++k) total = Merge(total, Stats(row, PieceBegin(k), PieceEnd(k)));
+      const BpmllRowResult<Acc> result = BpmllFinish(total.stats);
+      StoreLoss(row, result.loss);
+      Gradient(row, 0, args_.labels, result, total.soft);
+    }
+  }
+
+ private:
+  const BpmllCpuArgs<T, TLabel>& args_;
+  const Ops& ops_;
+  const bool stream_;
+  BadRow* bad_;
+};
+
+}  // namespace
+
+template <typename T, typename TLabel>
+BpmllBadLabel RunBpmllLossCpu(const BpmllCpuArgs<T, TLabel>& args, const ParallelFor& pool) {
+  using Bpmll = CpuBpmll<T, TLabel>;
+  using Acc = typename Bpmll::Acc;
+  const int64_t rows = args.rows, labels = args.labels;
+  BadRow bad;
+  Bpmll bpmll(args, &bad);
+  if (rows == 0) return BpmllBadLabel{};
+
+  if (labels <= kWholeRowMax && (rows >= 2 * pool.NumThreads() || labels <= 4 * kChunk)) {
+    pool.Run(rows, std::max<int64_t>(labels, 1) * kCyclesPerElement,
+             [&](int64_t first, int64_t last) { bpmll.WholeRows(first, last); });
+  } else {
+    // Few or long rows: pieces of rows, statistics first, then gradients.
+    const int64_t pieces_per_row = bpmll.PiecesPerRow();
+    const int64_t pieces = rows * pieces_per_row;
+    std::vector<typename Bpmll::PieceStats> piece_stats(pieces);
+    pool.Run(pieces, kPiece * kCyclesPerElement, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t row = p / pieces_per_row, k = p % pieces_per_row;
+        piece_stats[p] = bpmll.Stats(row, bpmll.PieceBegin(k), bpmll.PieceEnd(k));
+      }
+    });
+    std::vector<BpmllRowResult<Acc>> results(rows);
+    std::vector<char> soft(rows, 0);
+    for (int64_t row = 0; row < rows; ++row) {
+      typename Bpmll::PieceStats total = piece_stats[row * pieces_per_row];
+      for (int64_t k = 1; k < pieces_per_row; ++k) total = Bpmll::Merge(total, piece_stats[row * pieces_per_row + k]);
+      results[row] = BpmllFinish(total.stats);
+      soft[row] = total.soft;
+      bpmll.StoreLoss(row, results[row].loss);
+    }
+    pool.Run(pieces, kPiece * kCyclesPerElement, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t row = p / pieces_per_row, k = p % pieces_per_row;
+        bpmll.Gradient(row, bpmll.PieceBegin(k), bpmll.PieceEnd(k), results[row], soft[row] != 0);
+      }
+    });
+  }
+
+  BpmllBadLabel report;
+  if (bad.row >= 0) {
+    const TLabel* row_labels = args.y_true + bad.row * labels;
+    for (int64_t j = 0; j < labels; ++j) {
+      const double v = StorageAsDouble(row_labels[j]);
+      if (!(v >= 0.0 && v <= 1.0)) {  // NaN too
+        report = BpmllBadLabel{bad.row, j, v};
+        break;
+      }
+    }
+  }
+  return report;
+}
+
+template <typename T>
+void RunBpmllLossGradCpu(const T* grad_loss, const T* cached_grad, int64_t rows, int64_t labels, T* out,
+                         const ParallelFor& pool) {
+  if (rows == 0 || labels == 0) return;
+  const auto& ops = ScaleChunkOpsForThisCpu<T>();
+  // Blocks of a row or less, so that a few long rows still spread over all threads.
+  const int64_t block = std::min<int64_t>(labels, 1 << 14);
+  const int64_t blocks_per_row = (labels + block - 1) / block;
+  pool.Run(rows * blocks_per_row, block * 2, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t row = b / blocks_per_row, begin = (b % blocks_per_row) * block;
+      const int64_t offset = row * labels + begin;
+      ops.scale(cached_grad + offset, grad_loss + row, std::min(block, labels - begin), out + offset);
+    }
+  });
+}
+
+#define TFL_INSTANTIATE_PAIR(T, TLabel) \
+  template BpmllBadLabel RunBpmllLossCpu<T, TLabel>(const BpmllCpuArgs<T, TLabel>&, const ParallelFor&);
+TFL_FOR_EACH_BPMLL_PAIR(TFL_INSTANTIATE_PAIR)
+#undef TFL_INSTANTIATE_PAIR
+#define TFL_INSTANTIATE_LOGIT(T) \
+  template void RunBpmllLossGradCpu<T>(const T*, const T*, int64_t, int64_t, T*, const ParallelFor&);
+TFL_FOR_EACH_LOGIT(TFL_INSTANTIATE_LOGIT)
+#undef TFL_INSTANTIATE_LOGIT
+
+}  // namespace tf_fused_losses
