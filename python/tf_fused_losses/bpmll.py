@@ -6,7 +6,6 @@ import tensorflow as tf
 from . import reference
 from ._loader import ops, use_pure_tf
 from ._validation import check_float_dtype, check_label_dtype, check_same_shape, check_rank
-from ._xla import in_xla_context
 
 
 def bpmll_loss(y_true, y_pred, name=None):
@@ -22,8 +21,9 @@ def bpmll_loss(y_true, y_pred, name=None):
 
     Rows with no positive or no negative label give loss 0 and gradient 0.
     The gradient with respect to y_true is None: labels are constants.
-    Computed in one pass by the fused op; inside XLA-compiled functions, or
-    with TF_FUSED_LOSSES_PY_OPS=1, by `reference.bpmll_loss_pure_tf`.
+    Computed in one pass by the fused op, which XLA-compiled functions run as
+    a custom call; with TF_FUSED_LOSSES_PY_OPS=1 by
+    `reference.bpmll_loss_pure_tf`.
     """
     with tf.name_scope(name or "bpmll_loss"):
         y_pred = tf.convert_to_tensor(y_pred)
@@ -33,7 +33,7 @@ def bpmll_loss(y_true, y_pred, name=None):
         check_rank("y_pred", y_pred, (2,), "(batch, labels)")
         check_rank("y_true", y_true, (2,), "(batch, labels)")
         check_same_shape(y_true, y_pred)
-        if use_pure_tf() or in_xla_context():
+        if use_pure_tf():
             return reference.bpmll_loss_pure_tf(y_true, y_pred)
         loss, _ = ops().fused_bpmll_loss(y_true=y_true, y_pred=y_pred)
         return loss

@@ -12,7 +12,6 @@ import tensorflow as tf
 from . import reference
 from ._loader import ops, use_pure_tf
 from ._validation import check_float_dtype
-from ._xla import in_xla_context
 
 try:
     from keras.src.backend import get_keras_mask as _get_keras_mask
@@ -82,7 +81,7 @@ def _sequence_loss(y_true, y_pred, epsilon, mask, concordance):
     epsilon = _check_epsilon(epsilon)
     if mask is not None:
         mask = _mask_argument(mask, batch_steps)
-    if use_pure_tf() or in_xla_context():
+    if use_pure_tf():
         pure = reference.ccc_loss_pure_tf if concordance else reference.correlation_loss_pure_tf
         return pure(y_true, y_pred, epsilon=epsilon, mask=mask)
     if mask is None:
@@ -116,8 +115,8 @@ def correlation_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
     loss 1 on their valid steps and gradient 0 (r is undefined there; the
     epsilon-regularised formula's gradient would be of order 1/epsilon).
     Gradients flow to both y_true and y_pred. Computed by a fused op (moments
-    and loss in one kernel, both gradients in another); inside XLA-compiled
-    functions, or with TF_FUSED_LOSSES_PY_OPS=1, by
+    and loss in one kernel, both gradients in another; XLA-compiled functions
+    run them as custom calls); with TF_FUSED_LOSSES_PY_OPS=1 by
     `reference.correlation_loss_pure_tf`.
     """
     with tf.name_scope(name or "correlation_loss"):

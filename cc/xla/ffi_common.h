@@ -1,0 +1,121 @@
+// Shape checks and element-type dispatch shared by the Host and CUDA FFI
+// handlers. Errors name the op, the argument, its shape and what was
+// expected, as the TF ops' do.
+#ifndef TF_FUSED_LOSSES_CC_XLA_FFI_COMMON_H_
+#define TF_FUSED_LOSSES_CC_XLA_FFI_COMMON_H_
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "cpu_half_types.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace tf_fused_losses {
+namespace ffi_frontend {
+
+namespace ffi = ::xla::ffi;
+
+inline std::string ShapeString(const ffi::AnyBuffer& b) {
+  std::ostringstream out;
+  out << "[";
+  const auto dims = b.dimensions();
+  for (size_t i = 0; i < dims.size(); ++i) out << (i ? "," : "") << dims[i];
+  out << "]";
+  return out.str();
+}
+
+inline ffi::Error InvalidArgument(const std::string& message) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, message);
+}
+
+// Calls f(T{}) with T the storage type of a logit buffer.
+template <typename F>
+ffi::Error WithLogitType(const char* op, const char* name, ffi::DataType type, F&& f) {
+  switch (type) {
+    case ffi::DataType::F16:
+      return f(Float16Bits{});
+    case ffi::DataType::BF16:
+      return f(BFloat16Bits{});
+    case ffi::DataType::F32:
+      return f(float{});
+    case ffi::DataType::F64:
+      return f(double{});
+    default:
+      return InvalidArgument(std::string(op) + ": " + name + " must be float16, bfloat16, float32 or float64");
+  }
+}
+
+// Calls f(TLabel{}) with TLabel the storage type of a BP-MLL label buffer.
+template <typename F>
+ffi::Error WithLabelType(const char* op, ffi::DataType type, F&& f) {
+  switch (type) {
+    case ffi::DataType::S32:
+      return f(int32_t{});
+    case ffi::DataType::S64:
+      return f(int64_t{});
+    case ffi::DataType::U8:
+      return f(uint8_t{});
+    case ffi::DataType::PRED:
+      return f(bool{});
+    default:
+      return WithLogitType(op, "y_true", type, f);
+  }
+}
+
+struct RowShape {
+  int64_t rows = 0;
+  int64_t length = 0;
+};
+
+inline ffi::Error BpmllShape(const char* op, const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred, RowShape* s) {
+  const auto pred = y_pred.dimensions();
+  const auto labels = y_true.dimensions();
+  if (pred.size() != 2) {
+    return InvalidArgument(std::string(op) + ": y_pred must be rank 2 (batch, labels), got shape " + ShapeString(y_pred));
+  }
+  if (labels.size() != 2 || labels[0] != pred[0] || labels[1] != pred[1]) {
+    return InvalidArgument(std::string(op) + ": y_true and y_pred must have the same shape, got " +
+                           ShapeString(y_true) + " and " + ShapeString(y_pred));
+  }
+  s->rows = pred[0];
+  s->length = pred[1];
+  return ffi::Error::Success();
+}
+
+// (batch, steps) or (batch, steps, 1), both the same; mask (batch, steps) bool or (0,).
+inline ffi::Error CorrelationShape(const char* op, const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                                   const ffi::AnyBuffer& mask, RowShape* s, bool* has_mask) {
+  for (const ffi::AnyBuffer* b : {&y_true, &y_pred}) {
+    const auto d = b->dimensions();
+    if (!(d.size() == 2 || (d.size() == 3 && d[2] == 1))) {
+      return InvalidArgument(std::string(op) + ": " + (b == &y_true ? "y_true" : "y_pred") +
+                             " must be (batch, steps) or (batch, steps, 1), got shape " + ShapeString(*b));
+    }
+  }
+  const auto t = y_true.dimensions();
+  const auto p = y_pred.dimensions();
+  if (t[0] != p[0] || t[1] != p[1]) {
+    return InvalidArgument(std::string(op) + ": y_true and y_pred must have the same (batch, steps), got shapes " +
+                           ShapeString(y_true) + " and " + ShapeString(y_pred));
+  }
+  if (y_true.element_type() != y_pred.element_type()) {
+    return InvalidArgument(std::string(op) + ": y_true and y_pred must have the same dtype");
+  }
+  s->rows = p[0];
+  s->length = p[1];
+  const auto m = mask.dimensions();
+  *has_mask = !(m.size() == 1 && m[0] == 0);
+  if (*has_mask && !(m.size() == 2 && m[0] == s->rows && m[1] == s->length &&
+                     mask.element_type() == ffi::DataType::PRED)) {
+    return InvalidArgument(std::string(op) + ": mask must be bool of shape (batch, steps) = [" +
+                           std::to_string(s->rows) + "," + std::to_string(s->length) +
+                           "] (or shape [0] for no mask), got shape " + ShapeString(mask));
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace ffi_frontend
+}  // namespace tf_fused_losses
+
+#endif  // TF_FUSED_LOSSES_CC_XLA_FFI_COMMON_H_

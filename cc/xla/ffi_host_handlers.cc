@@ -1,0 +1,211 @@
+// The Host FFI handlers: thin bindings of cc/core's CPU row drivers.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+#include "bpmll_cpu.h"
+#include "correlation_cpu.h"
+#include "correlation_math.h"
+#include "ffi_common.h"
+#include "ffi_handlers.h"
+#include "parallel_for.h"
+
+namespace tf_fused_losses {
+namespace ffi_frontend {
+namespace {
+
+// ParallelFor on the FFI thread pool. Schedule() does not wait, and the pool
+// may have a single thread that is busy running this very call: shards are
+// therefore claimed from a counter by the calling thread and by the tasks
+// alike, the caller only waits for shards already being run, and a task that
+// starts after everything is claimed returns at once.
+class FfiParallelFor final : public ParallelFor {
+ public:
+  explicit FfiParallelFor(ffi::ThreadPool* pool) : pool_(pool) {}
+
+  int64_t NumThreads() const override { return std::max<int64_t>(1, pool_->num_threads()); }
+
+  void Run(int64_t n, int64_t cycles_per_unit, const std::function<void(int64_t, int64_t)>& body) const override {
+    if (n <= 0) return;
+    // Shards of at least ~100k cycles, up to 4 per thread for balance.
+    constexpr int64_t kMinShardCycles = 100000;
+    const int64_t threads = NumThreads();
+    const int64_t by_cost = std::max<int64_t>(1, n * std::max<int64_t>(cycles_per_unit, 1) / kMinShardCycles);
+    const int64_t shards = std::min({n, 4 * threads, by_cost});
+    if (shards <= 1 || threads <= 1) {
+      body(0, n);
+      return;
+    }
+    struct State {
+      std::atomic<int64_t> next{0};
+      std::atomic<int64_t> done{0};
+      std::mutex mu;
+      std::condition_variable all_done;
+    };
+    auto state = std::make_shared<State>();
+    const std::function<void(int64_t, int64_t)>* work = &body;
+    auto claim = [state, work, n, shards]() {
+      for (int64_t s = state->next.fetch_add(1); s < shards; s = state->next.fetch_add(1)) {
+        (*work)(s * n / shards, (s + 1) * n / shards);
+        if (state->done.fetch_add(1) + 1 == shards) {
+          std::lock_guard<std::mutex> lock(state->mu);
+          state->all_done.notify_all();
+        }
+      }
+    };
+    for (int64_t t = 1; t < std::min(threads, shards); ++t) pool_->Schedule([claim] { claim(); });
+    claim();
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->all_done.wait(lock, [&] { return state->done.load() == shards; });
+  }
+
+ private:
+  ffi::ThreadPool* pool_;
+};
+
+ffi::Error BpmllLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
+                         ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
+  constexpr const char* kOp = "FusedBpmllLoss";
+  RowShape shape;
+  if (ffi::Error e = BpmllShape(kOp, y_true, y_pred, &shape); e.failure()) return e;
+  FfiParallelFor parallel(&pool);
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    return WithLabelType(kOp, y_true.element_type(), [&](auto label) {
+      using TLabel = decltype(label);
+      const BpmllCpuArgs<T, TLabel> args{static_cast<const TLabel*>(y_true.untyped_data()),
+                                         static_cast<const T*>(y_pred.untyped_data()), shape.rows, shape.length,
+                                         static_cast<T*>(loss->untyped_data()), static_cast<T*>(grad->untyped_data())};
+      const BpmllBadLabel bad = RunBpmllLossCpu(args, parallel);
+      if (bad.row < 0) return ffi::Error::Success();
+      std::ostringstream message;
+      message << kOp << ": y_true must hold labels in [0, 1]; y_true[" << bad.row << ", " << bad.column
+              << "] = " << bad.value;
+      return InvalidArgument(message.str());
+    });
+  });
+}
+
+ffi::Error BpmllLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_loss, ffi::AnyBuffer cached_grad,
+                             ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kOp = "FusedBpmllLossGrad";
+  const auto dims = cached_grad.dimensions();
+  if (dims.size() != 2 || grad_loss.dimensions().size() != 1 || grad_loss.dimensions()[0] != dims[0]) {
+    return InvalidArgument(std::string(kOp) + ": grad_loss must be (batch,) and cached_grad (batch, labels); got " +
+                           ShapeString(grad_loss) + " and " + ShapeString(cached_grad));
+  }
+  FfiParallelFor parallel(&pool);
+  return WithLogitType(kOp, "cached_grad", cached_grad.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    RunBpmllLossGradCpu(static_cast<const T*>(grad_loss.untyped_data()),
+                        static_cast<const T*>(cached_grad.untyped_data()), dims[0], dims[1],
+                        static_cast<T*>(out->untyped_data()), parallel);
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error CorrelationLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer mask,
+                               ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> row_stats,
+                               bool concordance, float epsilon) {
+  constexpr const char* kOp = "FusedCorrelationLoss";
+  RowShape shape;
+  bool has_mask = false;
+  if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
+  FfiParallelFor parallel(&pool);
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    const CorrelationLossArgs<T> args{static_cast<const T*>(y_true.untyped_data()),
+                                      static_cast<const T*>(y_pred.untyped_data()),
+                                      has_mask ? static_cast<const bool*>(mask.untyped_data()) : nullptr,
+                                      shape.rows,
+                                      shape.length,
+                                      epsilon,
+                                      concordance,
+                                      static_cast<T*>(loss->untyped_data()),
+                                      static_cast<double*>(row_stats->untyped_data())};
+    RunCorrelationLossCpu(args, parallel);
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_loss, ffi::AnyBuffer y_true,
+                                   ffi::AnyBuffer y_pred, ffi::AnyBuffer mask, ffi::AnyBuffer row_stats,
+                                   ffi::Result<ffi::AnyBuffer> grad_y_true, ffi::Result<ffi::AnyBuffer> grad_y_pred,
+                                   bool concordance, float epsilon, bool compute_grad_y_true) {
+  constexpr const char* kOp = "FusedCorrelationLossGrad";
+  RowShape shape;
+  bool has_mask = false;
+  if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
+  const auto stats = row_stats.dimensions();
+  if (stats.size() != 2 || stats[0] != shape.rows || stats[1] != kCorrelationRowStats) {
+    return InvalidArgument(std::string(kOp) + ": row_stats must have shape (batch, 5), got shape " +
+                           ShapeString(row_stats));
+  }
+  FfiParallelFor parallel(&pool);
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    const CorrelationLossGradArgs<T> args{
+        static_cast<const T*>(grad_loss.untyped_data()),
+        static_cast<const T*>(y_true.untyped_data()),
+        static_cast<const T*>(y_pred.untyped_data()),
+        has_mask ? static_cast<const bool*>(mask.untyped_data()) : nullptr,
+        static_cast<const double*>(row_stats.untyped_data()),
+        shape.rows,
+        shape.length,
+        epsilon,
+        concordance,
+        compute_grad_y_true ? static_cast<T*>(grad_y_true->untyped_data()) : nullptr,
+        static_cast<T*>(grad_y_pred->untyped_data())};
+    RunCorrelationLossGradCpu(args, parallel);
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+}  // namespace ffi_frontend
+}  // namespace tf_fused_losses
+
+namespace tfl_ffi = ::tf_fused_losses::ffi_frontend;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossHost, tfl_ffi::BpmllLossImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossGradHost, tfl_ffi::BpmllLossGradImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossHost, tfl_ffi::CorrelationLossImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<bool>("concordance")
+                                  .Attr<float>("epsilon"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradHost, tfl_ffi::CorrelationLossGradImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<bool>("concordance")
+                                  .Attr<float>("epsilon")
+                                  .Attr<bool>("compute_grad_y_true"));

@@ -1,0 +1,217 @@
+// TensorFlow's XLA frontend: tf2xla lowerings that turn the four fused ops
+// into typed-FFI custom calls, and the registration of their handlers
+// (ffi_handlers.h) with the XLA that TensorFlow links. Inside jit_compile
+// functions the same CPU row drivers and CUDA kernels then run as inside the
+// OpKernels.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "ffi_handlers.h"
+#include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tensorflow/core/framework/kernel_def.pb.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "xla/ffi/api/ffi.h"
+#include "xla/hlo/builder/xla_builder.h"
+#include "xla/shape_util.h"
+
+// Defined in libtensorflow_cc; its header (xla/ffi/ffi_api.h) pulls in MLIR,
+// which the TensorFlow wheel does not ship.
+namespace xla::ffi {
+const XLA_FFI_Api* GetXlaFfiApi();
+}  // namespace xla::ffi
+
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS, "Host", TflBpmllLossHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS_GRAD, "Host", TflBpmllLossGradHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS, "Host", TflCorrelationLossHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, "Host",
+                         TflCorrelationLossGradHost);
+#if GOOGLE_CUDA
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS, "CUDA", TflBpmllLossCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS_GRAD, "CUDA", TflBpmllLossGradCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS, "CUDA", TflCorrelationLossCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, "CUDA",
+                         TflCorrelationLossGradCuda);
+#endif
+
+namespace tf_fused_losses {
+namespace {
+
+using tensorflow::XlaOpKernel;
+using tensorflow::XlaOpKernelContext;
+
+xla::Shape RowMajor(xla::PrimitiveType type, absl::Span<const int64_t> dims) {
+  return xla::ShapeUtil::MakeShapeWithDescendingLayout(type, dims);
+}
+
+// Emits target(inputs...) -> (outputs...) with row-major layouts, so that the
+// handlers see flat arrays, and sets the op's outputs from the tuple.
+void EmitCustomCall(XlaOpKernelContext* ctx, const char* target, int num_inputs, const std::vector<xla::Shape>& outputs,
+                    const std::string& attributes) {
+  std::vector<xla::XlaOp> operands;
+  std::vector<xla::Shape> operand_shapes;
+  for (int i = 0; i < num_inputs; ++i) {
+    absl::StatusOr<xla::Shape> shape = ctx->InputXlaShape(i);
+    OP_REQUIRES_OK(ctx, shape.status());
+    operands.push_back(ctx->Input(i));
+    operand_shapes.push_back(RowMajor(shape->element_type(), shape->dimensions()));
+  }
+  const xla::XlaOp call = xla::CustomCallWithLayout(
+      ctx->builder(), target, operands, xla::ShapeUtil::MakeTupleShape(outputs), operand_shapes, attributes,
+      /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
+      xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+  for (int k = 0; k < static_cast<int>(outputs.size()); ++k) ctx->SetOutput(k, xla::GetTupleElement(call, k));
+}
+
+// The typed FFI reads attributes from an MLIR dictionary in backend_config;
+// floats need their decimal point and type.
+std::string CorrelationAttributes(bool concordance, float epsilon, const char* extra = "") {
+  char text[160];
+  std::snprintf(text, sizeof(text), "{concordance = %s, epsilon = %.9e : f32%s}", concordance ? "true" : "false",
+                static_cast<double>(epsilon), extra);
+  return text;
+}
+
+absl::StatusOr<std::vector<int64_t>> InputDims(XlaOpKernelContext* ctx, int i) {
+  absl::StatusOr<xla::Shape> shape = ctx->InputXlaShape(i);
+  if (!shape.ok()) return shape.status();
+  return std::vector<int64_t>(shape->dimensions().begin(), shape->dimensions().end());
+}
+
+class BpmllLossLowering : public XlaOpKernel {
+ public:
+  explicit BpmllLossLowering(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {}
+  void Compile(XlaOpKernelContext* ctx) override {
+    absl::StatusOr<std::vector<int64_t>> dims = InputDims(ctx, 1);
+    OP_REQUIRES_OK(ctx, dims.status());
+    OP_REQUIRES(ctx, dims->size() == 2,
+                tensorflow::errors::InvalidArgument("FusedBpmllLoss: y_pred must be rank 2 (batch, labels), got ",
+                                                    dims->size(), " dimensions"));
+    const xla::PrimitiveType type = ctx->input_xla_type(1);
+    EmitCustomCall(ctx, TFL_FFI_TARGET_BPMLL_LOSS, 2, {RowMajor(type, {(*dims)[0]}), RowMajor(type, *dims)}, "");
+  }
+};
+
+class BpmllLossGradLowering : public XlaOpKernel {
+ public:
+  explicit BpmllLossGradLowering(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {}
+  void Compile(XlaOpKernelContext* ctx) override {
+    absl::StatusOr<std::vector<int64_t>> dims = InputDims(ctx, 1);
+    OP_REQUIRES_OK(ctx, dims.status());
+    EmitCustomCall(ctx, TFL_FFI_TARGET_BPMLL_LOSS_GRAD, 2, {RowMajor(ctx->input_xla_type(1), *dims)}, "");
+  }
+};
+
+class CorrelationLossLowering : public XlaOpKernel {
+ public:
+  explicit CorrelationLossLowering(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("concordance", &concordance_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+  void Compile(XlaOpKernelContext* ctx) override {
+    absl::StatusOr<std::vector<int64_t>> dims = InputDims(ctx, 1);
+    OP_REQUIRES_OK(ctx, dims.status());
+    OP_REQUIRES(ctx, dims->size() == 2 || dims->size() == 3,
+                tensorflow::errors::InvalidArgument(
+                    "FusedCorrelationLoss: y_pred must be (batch, steps) or (batch, steps, 1), got ", dims->size(),
+                    " dimensions"));
+    const int64_t rows = (*dims)[0], steps = (*dims)[1];
+    EmitCustomCall(ctx, TFL_FFI_TARGET_CORRELATION_LOSS, 3,
+                   {RowMajor(ctx->input_xla_type(1), {rows, steps}), RowMajor(xla::F64, {rows, 5})},
+                   CorrelationAttributes(concordance_, epsilon_));
+  }
+
+ private:
+  bool concordance_ = false;
+  float epsilon_ = 0;
+};
+
+class CorrelationLossGradLowering : public XlaOpKernel {
+ public:
+  explicit CorrelationLossGradLowering(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("concordance", &concordance_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_grad_y_true", &compute_grad_y_true_));
+  }
+  void Compile(XlaOpKernelContext* ctx) override {
+    absl::StatusOr<std::vector<int64_t>> true_dims = InputDims(ctx, 1);
+    absl::StatusOr<std::vector<int64_t>> pred_dims = InputDims(ctx, 2);
+    OP_REQUIRES_OK(ctx, true_dims.status());
+    OP_REQUIRES_OK(ctx, pred_dims.status());
+    const xla::PrimitiveType type = ctx->input_xla_type(2);
+    const std::vector<int64_t> grad_y_true_dims = compute_grad_y_true_ ? *true_dims : std::vector<int64_t>{0};
+    EmitCustomCall(ctx, TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, 5,
+                   {RowMajor(type, grad_y_true_dims), RowMajor(type, *pred_dims)},
+                   CorrelationAttributes(concordance_, epsilon_,
+                                         compute_grad_y_true_ ? ", compute_grad_y_true = true"
+                                                              : ", compute_grad_y_true = false"));
+  }
+
+ private:
+  bool concordance_ = false;
+  float epsilon_ = 0;
+  bool compute_grad_y_true_ = true;
+};
+
+// The XLA devices the lowerings serve: the CPU, and the GPU where the CUDA
+// handlers are built.
+const absl::string_view kXlaDevices[] = {
+    tensorflow::DEVICE_CPU_XLA_JIT,
+#if GOOGLE_CUDA
+    tensorflow::DEVICE_GPU_XLA_JIT,
+#endif
+};
+
+REGISTER_XLA_OP(Name("FusedBpmllLoss").Device(kXlaDevices), BpmllLossLowering);
+REGISTER_XLA_OP(Name("FusedBpmllLossGrad").Device(kXlaDevices), BpmllLossGradLowering);
+REGISTER_XLA_OP(Name("FusedCorrelationLoss").Device(kXlaDevices), CorrelationLossLowering);
+REGISTER_XLA_OP(Name("FusedCorrelationLossGrad").Device(kXlaDevices), CorrelationLossGradLowering);
+
+// Late loading. XlaOpRegistry::RegisterCompilationKernels() turns the
+// REGISTER_XLA_OP entries into kernels of the XLA JIT devices once per
+// process, at the first XLA compilation; a library loaded after that would be
+// missed ("No registered 'FusedBpmllLoss' OpKernel for XLA_CPU_JIT"). Then
+// the kernels are registered here, as that function would have.
+template <class Lowering>
+tensorflow::OpKernel* CreateLowering(tensorflow::OpKernelConstruction* ctx) {
+  return new Lowering(ctx);
+}
+
+void AddTypeConstraint(tensorflow::KernelDef* def, const char* attr, std::initializer_list<tensorflow::DataType> types) {
+  tensorflow::KernelDef::AttrConstraint* constraint = def->add_constraint();
+  constraint->set_name(attr);
+  for (tensorflow::DataType type : types) constraint->mutable_allowed_values()->mutable_list()->add_type(type);
+}
+
+void RegisterLate(const std::string& device, const char* op, bool has_labels,
+                  tensorflow::OpKernel* (*create)(tensorflow::OpKernelConstruction*)) {
+  using namespace tensorflow;  // the DT_ enumerators
+  auto* def = new KernelDef();  // owned by the registry for the life of the process
+  def->set_op(op);
+  def->set_device_type(device);
+  AddTypeConstraint(def, "T", {DT_HALF, DT_BFLOAT16, DT_FLOAT, DT_DOUBLE});
+  if (has_labels) {
+    AddTypeConstraint(def, "Tlabel", {DT_HALF, DT_BFLOAT16, DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64, DT_UINT8, DT_BOOL});
+  }
+  new kernel_factory::OpKernelRegistrar(def, "XlaJitOp", create);
+}
+
+const bool kLateRegistration = [] {
+  // Any standard op's XLA kernel shows whether the JIT kernels exist yet.
+  if (tensorflow::KernelsRegisteredForOp("Sin").find(tensorflow::DEVICE_CPU_XLA_JIT) == std::string::npos) {
+    return false;
+  }
+  for (absl::string_view device_name : kXlaDevices) {
+    const std::string device(device_name);
+    if (!tensorflow::XlaOpRegistry::IsBackendRegistered(device)) continue;
+    RegisterLate(device, "FusedBpmllLoss", true, &CreateLowering<BpmllLossLowering>);
+    RegisterLate(device, "FusedBpmllLossGrad", false, &CreateLowering<BpmllLossGradLowering>);
+    RegisterLate(device, "FusedCorrelationLoss", false, &CreateLowering<CorrelationLossLowering>);
+    RegisterLate(device, "FusedCorrelationLossGrad", false, &CreateLowering<CorrelationLossGradLowering>);
+  }
+  return true;
+}();
+
+}  // namespace
+}  // namespace tf_fused_losses
