@@ -5,6 +5,7 @@ that `import tf_fused_losses` stays cheap and the pure-TF path works even
 where the library cannot load.
 """
 
+import ctypes
 import functools
 import json
 import os
@@ -15,6 +16,8 @@ import tensorflow as tf
 LIBRARY_NAME = "libtf_fused_losses.so"
 BUILD_INFO_NAME = "build_info.json"
 PURE_TF_ENV = "TF_FUSED_LOSSES_PY_OPS"
+CPU_ISA_ENV = "TFL_CPU_ISA"
+CPU_ISAS = ("baseline", "avx2", "avx512")  # x86-64 levels, lowest first
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _lock = threading.Lock()
@@ -28,8 +31,39 @@ def use_pure_tf():
 
 
 def build_info():
-    """What the op library was built against: TF, CUDA, archs, compiler."""
-    return dict(_read_build_info(os.path.join(_HERE, BUILD_INFO_NAME)))
+    """What the op library was built against (TF, CUDA, archs, compiler, the
+    CPU ISA builds it holds) and, once it is loaded, `cpu_isa`: the ISA build
+    its CPU kernels use."""
+    info = dict(_read_build_info(os.path.join(_HERE, BUILD_INFO_NAME)))
+    if _library is not None:
+        info["cpu_isa"] = _cpu_isa_query("tfl_cpu_isa_in_use")
+    return info
+
+
+def _cpu_isa_query(function):
+    # The op library is already loaded by TensorFlow: this only looks it up.
+    library = ctypes.CDLL(os.path.join(_HERE, LIBRARY_NAME))
+    query = getattr(library, function)
+    query.restype = ctypes.c_char_p
+    return query().decode()
+
+
+def _check_cpu_isa_cap():
+    """Refuses a TFL_CPU_ISA that names no ISA build, or one this CPU cannot run."""
+    cap = os.environ.get(CPU_ISA_ENV, "")
+    if not cap:
+        return
+    if cap not in CPU_ISAS:
+        raise RuntimeError(
+            f"{CPU_ISA_ENV}={cap!r} is not an ISA build of tf_fused_losses; allowed values: {', '.join(CPU_ISAS)} "
+            f"(or unset it to use the best this CPU runs)."
+        )
+    supported = _cpu_isa_query("tfl_cpu_isa_supported")
+    if CPU_ISAS.index(cap) > CPU_ISAS.index(supported):
+        raise RuntimeError(
+            f"{CPU_ISA_ENV}={cap} asks for a build this CPU cannot run: it supports up to {supported}. "
+            f"Allowed values here: {', '.join(CPU_ISAS[: CPU_ISAS.index(supported) + 1])}."
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,7 +101,9 @@ def ops():
     with _lock:
         if _library is not None:
             return _library
-        built_for = build_info().get("tensorflow")
+        if os.environ.get(CPU_ISA_ENV, "") not in ("",) + CPU_ISAS:
+            _check_cpu_isa_cap()  # raises before anything is loaded
+        built_for = _read_build_info(os.path.join(_HERE, BUILD_INFO_NAME)).get("tensorflow")
         if built_for and _minor(built_for) != _minor(tf.__version__):
             raise RuntimeError(
                 f"tf_fused_losses was built for TensorFlow {built_for}, but TensorFlow "
@@ -82,10 +118,12 @@ def ops():
                 f"its compiled part. It must be built for TensorFlow {tf.__version__}. {_fallback_hint()}"
             )
         try:
-            _library = tf.load_op_library(path)
+            library = tf.load_op_library(path)
         except (tf.errors.NotFoundError, OSError) as e:
             raise RuntimeError(
                 f"Could not load {path}, built for TensorFlow {built_for or 'unknown'}, into TensorFlow "
                 f"{tf.__version__}: {e}. {_fallback_hint()}"
             ) from e
+        _check_cpu_isa_cap()
+        _library = library
         return _library

@@ -1,0 +1,199 @@
+// The CUDA FFI handlers: thin bindings of the row kernels of cuda/ on the
+// stream XLA gives the call, with scratch from the FFI's allocator and no
+// host synchronisation.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+#include <type_traits>
+
+#include "bpmll_grad_kernels.cuh"
+#include "bpmll_kernels.cuh"
+#include "correlation_kernels.cuh"
+#include "correlation_math.h"
+#include "ffi_common.h"
+#include "ffi_handlers.h"
+#include "row_kernels.cuh"
+
+namespace tf_fused_losses {
+namespace ffi_frontend {
+namespace {
+
+// Storage type -> the CUDA type of the same bits.
+template <typename T>
+struct CudaTypeOf {
+  using type = T;
+};
+template <>
+struct CudaTypeOf<Float16Bits> {
+  using type = __half;
+};
+template <>
+struct CudaTypeOf<BFloat16Bits> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T>
+const typename CudaTypeOf<T>::type* In(const ffi::AnyBuffer& b) {
+  return static_cast<const typename CudaTypeOf<T>::type*>(b.untyped_data());
+}
+template <typename T>
+typename CudaTypeOf<T>::type* Out(ffi::Result<ffi::AnyBuffer>& b) {
+  return static_cast<typename CudaTypeOf<T>::type*>(b->untyped_data());
+}
+
+int Multiprocessors() {
+  int device = 0, count = 1;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 1;
+  }
+  return count;
+}
+
+template <class Op>
+ffi::Error LaunchRowOp(const Op& op, int64_t rows, int64_t row_length, cudaStream_t stream,
+                       ffi::ScratchAllocator& scratch, const char* op_name) {
+  if (rows == 0 || row_length == 0) return ffi::Error::Success();
+  gpu::RowLaunchOptions options;
+  options.multiprocessors = Multiprocessors();
+  const gpu::RowLaunchPlan plan = gpu::PlanRowsFor<Op>(rows, row_length, options);
+  void* scratch_data = nullptr;
+  if (plan.scratch_bytes > 0) {
+    std::optional<void*> memory = scratch.Allocate(static_cast<size_t>(plan.scratch_bytes), 16);
+    if (!memory.has_value()) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(op_name) + ": could not allocate " + std::to_string(plan.scratch_bytes) +
+                            " bytes of scratch");
+    }
+    scratch_data = *memory;
+  }
+  const cudaError_t status = gpu::LaunchRows(op, plan, scratch_data, stream);
+  if (status == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kInternal,
+                    std::string(op_name) + ": launching its CUDA kernels failed: " + cudaGetErrorName(status) + " (" +
+                        cudaGetErrorString(status) + ")");
+}
+
+ffi::Error BpmllLossImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
+                         ffi::AnyBuffer y_pred, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
+  constexpr const char* kOp = "FusedBpmllLoss";
+  RowShape shape;
+  if (ffi::Error e = BpmllShape(kOp, y_true, y_pred, &shape); e.failure()) return e;
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    return WithLabelType(kOp, y_true.element_type(), [&](auto label) {
+      using TLabel = decltype(label);
+      const auto op = gpu::MakeBpmllRowOp(In<TLabel>(y_true), In<T>(y_pred), Out<T>(loss), Out<T>(grad));
+      return LaunchRowOp(op, shape.rows, shape.length, stream, scratch, kOp);
+    });
+  });
+}
+
+ffi::Error BpmllLossGradImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer grad_loss,
+                             ffi::AnyBuffer cached_grad, ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kOp = "FusedBpmllLossGrad";
+  const auto dims = cached_grad.dimensions();
+  if (dims.size() != 2 || grad_loss.dimensions().size() != 1 || grad_loss.dimensions()[0] != dims[0]) {
+    return InvalidArgument(std::string(kOp) + ": grad_loss must be (batch,) and cached_grad (batch, labels); got " +
+                           ShapeString(grad_loss) + " and " + ShapeString(cached_grad));
+  }
+  return WithLogitType(kOp, "cached_grad", cached_grad.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    const auto op = gpu::MakeScaleRowsOp(In<T>(grad_loss), In<T>(cached_grad), Out<T>(out));
+    return LaunchRowOp(op, dims[0], dims[1], stream, scratch, kOp);
+  });
+}
+
+ffi::Error CorrelationLossImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
+                               ffi::AnyBuffer y_pred, ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> loss,
+                               ffi::Result<ffi::AnyBuffer> row_stats, bool concordance, float epsilon) {
+  constexpr const char* kOp = "FusedCorrelationLoss";
+  RowShape shape;
+  bool has_mask = false;
+  if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    const auto op = gpu::MakeCorrelationForwardOp(
+        In<T>(y_true), In<T>(y_pred), has_mask ? static_cast<const bool*>(mask.untyped_data()) : nullptr, epsilon,
+        concordance, Out<T>(loss), static_cast<double*>(row_stats->untyped_data()));
+    return LaunchRowOp(op, shape.rows, shape.length, stream, scratch, kOp);
+  });
+}
+
+ffi::Error CorrelationLossGradImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer grad_loss,
+                                   ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer mask,
+                                   ffi::AnyBuffer row_stats, ffi::Result<ffi::AnyBuffer> grad_y_true,
+                                   ffi::Result<ffi::AnyBuffer> grad_y_pred, bool concordance, float epsilon,
+                                   bool compute_grad_y_true) {
+  constexpr const char* kOp = "FusedCorrelationLossGrad";
+  RowShape shape;
+  bool has_mask = false;
+  if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
+  const auto stats = row_stats.dimensions();
+  if (stats.size() != 2 || stats[0] != shape.rows || stats[1] != kCorrelationRowStats) {
+    return InvalidArgument(std::string(kOp) + ": row_stats must have shape (batch, 5), got shape " +
+                           ShapeString(row_stats));
+  }
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    const auto op = gpu::MakeCorrelationBackwardOp(
+        In<T>(grad_loss), In<T>(y_true), In<T>(y_pred),
+        has_mask ? static_cast<const bool*>(mask.untyped_data()) : nullptr,
+        static_cast<const double*>(row_stats.untyped_data()), epsilon, concordance,
+        compute_grad_y_true ? Out<T>(grad_y_true) : nullptr, Out<T>(grad_y_pred));
+    return LaunchRowOp(op, shape.rows, shape.length, stream, scratch, kOp);
+  });
+}
+
+}  // namespace
+}  // namespace ffi_frontend
+}  // namespace tf_fused_losses
+
+namespace tfl_ffi = ::tf_fused_losses::ffi_frontend;
+using CudaStream = xla::ffi::PlatformStream<cudaStream_t>;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossCuda, tfl_ffi::BpmllLossImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<CudaStream>()
+                                  .Ctx<xla::ffi::ScratchAllocator>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossGradCuda, tfl_ffi::BpmllLossGradImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<CudaStream>()
+                                  .Ctx<xla::ffi::ScratchAllocator>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossCuda, tfl_ffi::CorrelationLossImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<CudaStream>()
+                                  .Ctx<xla::ffi::ScratchAllocator>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<bool>("concordance")
+                                  .Attr<float>("epsilon"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradCuda, tfl_ffi::CorrelationLossGradImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<CudaStream>()
+                                  .Ctx<xla::ffi::ScratchAllocator>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<bool>("concordance")
+                                  .Attr<float>("epsilon")
+                                  .Attr<bool>("compute_grad_y_true"));
