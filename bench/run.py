@@ -35,9 +35,9 @@ RESULT_PREFIX = "RESULT "
 
 OPS = ("bpmll", "correlation", "ccc")
 IMPLS = {
-    "bpmll": ("fused", "graph", "xla", "pairwise", "peer"),
-    "correlation": ("fused", "graph", "xla"),
-    "ccc": ("fused", "graph", "xla"),
+    "bpmll": ("fused", "fused_xla", "graph", "xla", "pairwise", "peer"),
+    "correlation": ("fused", "fused_xla", "graph", "xla"),
+    "ccc": ("fused", "fused_xla", "graph", "xla"),
 }
 MODES = ("fwd", "fwd+bwd")
 BASELINE_DTYPES = "float32:float32"
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, for a smoke test; writes no file unless asked")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of %(default)s")
-    p.add_argument("--impls", default="fused,graph,xla,pairwise,peer", help="comma-separated subset of %(default)s")
+    p.add_argument("--impls", default="fused,fused_xla,graph,xla,pairwise,peer", help="comma-separated subset of %(default)s")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %(default)s")
     p.add_argument("--bpmll-sizes", help=f"BxL list (default {DEFAULT_SIZES['bpmll']})")
     p.add_argument("--corr-sizes", help=f"BxT list for correlation and CCC (default {DEFAULT_SIZES['correlation']})")

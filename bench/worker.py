@@ -88,6 +88,8 @@ def loss_function(op, impl):
     """The per-call loss function of an implementation and whether to XLA-compile it."""
     if impl == "fused":
         return _fused(FUSED_NAMES[op]), False
+    if impl == "fused_xla":  # the fused ops as XLA custom calls
+        return _fused(FUSED_NAMES[op]), True
     if impl == "graph":
         return _reference(op), False
     if impl == "xla":
