@@ -16,6 +16,10 @@
 #include "xla/hlo/builder/xla_builder.h"
 #include "xla/shape_util.h"
 
+// GCC 12 flags absl::InlinedVector's copy (inside xla::ShapeIndex, built
+// here) as maybe-uninitialized: a known false positive in absl's code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 // Defined in libtensorflow_cc; its header (xla/ffi/ffi_api.h) pulls in MLIR,
 // which the TensorFlow wheel does not ship.
 namespace xla::ffi {
@@ -47,8 +51,11 @@ xla::Shape RowMajor(xla::PrimitiveType type, absl::Span<const int64_t> dims) {
 
 // Emits target(inputs...) -> (outputs...) with row-major layouts, so that the
 // handlers see flat arrays, and sets the op's outputs from the tuple.
+// aliased: {output k, input i} pairs whose buffers may be shared, as the
+// OpKernels forward an input buffer to an output (XLA copies the input first
+// where it is still needed).
 void EmitCustomCall(XlaOpKernelContext* ctx, const char* target, int num_inputs, const std::vector<xla::Shape>& outputs,
-                    const std::string& attributes) {
+                    const std::string& attributes, std::vector<std::pair<int, int>> aliased = {}) {
   std::vector<xla::XlaOp> operands;
   std::vector<xla::Shape> operand_shapes;
   for (int i = 0; i < num_inputs; ++i) {
@@ -57,9 +64,11 @@ void EmitCustomCall(XlaOpKernelContext* ctx, const char* target, int num_inputs,
     operands.push_back(ctx->Input(i));
     operand_shapes.push_back(RowMajor(shape->element_type(), shape->dimensions()));
   }
+  std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
+  for (const auto& [output, input] : aliased) aliasing.push_back({xla::ShapeIndex({output}), {input, xla::ShapeIndex()}});
   const xla::XlaOp call = xla::CustomCallWithLayout(
       ctx->builder(), target, operands, xla::ShapeUtil::MakeTupleShape(outputs), operand_shapes, attributes,
-      /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
+      /*has_side_effect=*/false, aliasing, /*literal=*/nullptr,
       xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
   for (int k = 0; k < static_cast<int>(outputs.size()); ++k) ctx->SetOutput(k, xla::GetTupleElement(call, k));
 }
@@ -99,7 +108,8 @@ class BpmllLossGradLowering : public XlaOpKernel {
   void Compile(XlaOpKernelContext* ctx) override {
     absl::StatusOr<std::vector<int64_t>> dims = InputDims(ctx, 1);
     OP_REQUIRES_OK(ctx, dims.status());
-    EmitCustomCall(ctx, TFL_FFI_TARGET_BPMLL_LOSS_GRAD, 2, {RowMajor(ctx->input_xla_type(1), *dims)}, "");
+    // The scaled gradient overwrites the cached one, as the OpKernel does.
+    EmitCustomCall(ctx, TFL_FFI_TARGET_BPMLL_LOSS_GRAD, 2, {RowMajor(ctx->input_xla_type(1), *dims)}, "", {{0, 1}});
   }
 };
 
@@ -139,13 +149,20 @@ class CorrelationLossGradLowering : public XlaOpKernel {
     absl::StatusOr<std::vector<int64_t>> pred_dims = InputDims(ctx, 2);
     OP_REQUIRES_OK(ctx, true_dims.status());
     OP_REQUIRES_OK(ctx, pred_dims.status());
+    absl::StatusOr<std::vector<int64_t>> grad_loss_shape = InputDims(ctx, 0);
+    OP_REQUIRES_OK(ctx, grad_loss_shape.status());
+    const std::vector<int64_t>& grad_loss_dims = *grad_loss_shape;
     const xla::PrimitiveType type = ctx->input_xla_type(2);
     const std::vector<int64_t> grad_y_true_dims = compute_grad_y_true_ ? *true_dims : std::vector<int64_t>{0};
     EmitCustomCall(ctx, TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, 5,
                    {RowMajor(type, grad_y_true_dims), RowMajor(type, *pred_dims)},
                    CorrelationAttributes(concordance_, epsilon_,
                                          compute_grad_y_true_ ? ", compute_grad_y_true = true"
-                                                              : ", compute_grad_y_true = false"));
+                                                              : ", compute_grad_y_true = false"),
+                   // grad_y_pred into grad_loss's buffer (the kernels read an
+                   // element's grad_loss before writing it), when the shapes agree.
+                   *pred_dims == grad_loss_dims ? std::vector<std::pair<int, int>>{{1, 0}}
+                                                : std::vector<std::pair<int, int>>{});
   }
 
  private:
