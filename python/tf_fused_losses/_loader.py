@@ -103,7 +103,7 @@ def ops():
             return _library
         if os.environ.get(CPU_ISA_ENV, "") not in ("",) + CPU_ISAS:
             _check_cpu_isa_cap()  # raises before anything is loaded
-        built_for = _read_build_info(os.path.join(_HERE, BUILD_INFO_NAME)).get("tensorflow")
+        built_for = build_info().get("tensorflow")
         if built_for and _minor(built_for) != _minor(tf.__version__):
             raise RuntimeError(
                 f"tf_fused_losses was built for TensorFlow {built_for}, but TensorFlow "
