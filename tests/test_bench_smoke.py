@@ -58,15 +58,22 @@ def test_quick_run_writes_a_row_per_case(tmp_path):
     # One progress line per case.
     assert len([line for line in done.stderr.splitlines() if line.startswith("[")]) == len(planned)
 
-    must_run = {"bpmll": {"fused", "graph", "xla"}, "correlation": {"graph", "xla"}, "ccc": set()}
+    # Every op's fused function (outside XLA and as custom calls inside it)
+    # and both pure-TF forms (graph and XLA) must run, in both passes; only
+    # the outside implementations (pairwise, peer) may be skipped, saying why.
+    ours = {"fused", "fused_xla", "graph", "xla"}
+    must_run = {"bpmll": ours | {"pairwise"}, "correlation": ours, "ccc": ours}
     for op, name in report.OP_TITLES.items():
-        function = name[1].split(".")[-1]
-        if hasattr(tf_fused_losses, function):
-            must_run[op].add("fused")
+        assert hasattr(tf_fused_losses, name[1].split(".")[-1]), name
+    for op, impls in must_run.items():
+        for mode in run.MODES:
+            ran = {r["impl"] for r in results if r["op"] == op and r["mode"] == mode and r["status"] == "ok"}
+            assert impls <= ran, (op, mode, sorted(impls - ran),
+                                  [r for r in results if r["op"] == op and r["impl"] in impls - ran])
     for r in results:
         if r["impl"] in ("pairwise", "peer") and r["length"] == 300:
             assert r["status"] == "skipped" and "--pairwise-limit-gb" in r["reason"], r
-        elif r["impl"] == "pairwise" or r["impl"] in must_run[r["op"]]:
+        elif r["impl"] in must_run[r["op"]]:
             assert r["status"] == "ok", r
         else:
             assert r["status"] in ("ok", "skipped"), r

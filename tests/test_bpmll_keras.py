@@ -63,8 +63,8 @@ def test_training_learns_to_rank(rng, jit_compile):
     assert accuracy > 0.85, accuracy
 
 
-@pytest.mark.parametrize("jit_compile, uses_op", [(False, True), (True, False)])
-def test_fit_traces_the_fused_op_only_without_xla(rng, monkeypatch, jit_compile, uses_op):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_traces_the_fused_op_with_and_without_xla(rng, monkeypatch, jit_compile):
     from tf_fused_losses import bpmll
 
     calls = []
@@ -75,7 +75,7 @@ def test_fit_traces_the_fused_op_only_without_xla(rng, monkeypatch, jit_compile,
     model.compile(optimizer="sgd", loss=tfl.BPMLLLoss(), jit_compile=jit_compile)
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    assert bool(calls) == uses_op
+    assert calls, "the fused op was not traced"
 
 
 def test_keras_file_round_trip_keeps_the_loss(tmp_path, rng):

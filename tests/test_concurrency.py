@@ -58,5 +58,8 @@ def test_threads_sharing_one_tf_function_get_their_own_results():
 
 
 def test_first_calls_from_many_threads_load_the_library_once():
-    report = last_json_line(run_script("first_call_race.py").stdout)
-    assert report == {"errors": [], "loads": 1, "agree": True}
+    # On the op path whatever the suite runs on: the script counts the loads.
+    report = last_json_line(run_script("first_call_race.py", pure_tf=False).stdout)
+    # "wrong": threads whose losses differ from float64 values computed from
+    # the definitions.
+    assert report == {"errors": [], "loads": 1, "wrong": []}

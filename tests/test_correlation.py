@@ -148,15 +148,16 @@ def test_the_gradient_op_without_y_true_returns_an_empty_grad_y_true(rng):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["eager", "function"])
-def test_eager_and_function_agree(rng, kind, mode):
+def test_eager_and_function_agree(rng, kind):
     fused, seed, _ = KINDS[kind]
     y, x = make_pair(rng, (4, 300), np.float32)
     upstream = rng.uniform(0.0, 1.0, size=(4, 300)).astype(np.float32)
-    got = loss_and_grads(fused, y, x, upstream, mode=mode)
+    eager = loss_and_grads(fused, y, x, upstream, mode="eager")
+    function = loss_and_grads(fused, y, x, upstream, mode="function")
     want = seed_loss_and_grads(seed, y, x, upstream)
-    for g, w in zip(got, want):
-        assert_close_scaled(g, w, 2e-4)
+    for name, e, f, w in zip(["loss", "grad y_true", "grad y_pred"], eager, function, want):
+        np.testing.assert_array_equal(f, e, err_msg=name)  # the same kernels on the same inputs
+        assert_close_scaled(e, w, 2e-4, name)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -367,7 +368,12 @@ def test_degenerate_rows_pearson(rng, monkeypatch, dtype, pure):
     np.testing.assert_array_equal(loss[6], 0.0)
     np.testing.assert_array_equal(grad_pred[6], 0.0)
     np.testing.assert_array_equal(grad_true[6], 0.0)
-    assert np.all(np.isfinite(grad_pred[7])) and np.any(grad_pred[7] != 0)
+    # The regular row: the seed formula, as in test_matches_seed_formula.
+    ref = seed_loss_and_grads(reference.correlation_loss, y[7:], x[7:], upstream[7:])
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(loss[7], ref[0][0], rtol=rtol, atol=rtol)
+    assert_close_scaled(grad_true[7], ref[1][0], rtol, "grad y_true")
+    assert_close_scaled(grad_pred[7], ref[2][0], rtol, "grad y_pred")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -403,6 +409,11 @@ def test_degenerate_rows_ccc(rng, monkeypatch, dtype, pure):
         np.testing.assert_array_equal(grad_true[row], 0.0)
         np.testing.assert_array_equal(grad_pred[row], 0.0)
     np.testing.assert_array_equal(loss[6], 0.0)
+    # The regular row: the seed formula.
+    ref = seed_loss_and_grads(reference.ccc_loss, y[7:], x[7:], upstream[7:], epsilon=eps)
+    np.testing.assert_allclose(loss[7], ref[0][0], rtol=max(rtol, 1e-10), atol=max(rtol, 1e-10))
+    assert_close_scaled(grad_true[7], ref[1][0], rtol, "grad y_true")
+    assert_close_scaled(grad_pred[7], ref[2][0], rtol, "grad y_pred")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -543,7 +554,10 @@ def test_pure_tf_and_xla_paths_match_the_op(rng, monkeypatch, kind, dtype, path)
     rtol = 1e-10 if dtype == np.float64 else 1e-4
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
-        assert_close_scaled(g, w, rtol)
+        if path == "xla":  # the same kernels as XLA custom calls: the same bits
+            np.testing.assert_array_equal(g, w)
+        else:
+            assert_close_scaled(g, w, rtol)
 
 
 CPU_BUILD_SCRIPT = """
@@ -565,7 +579,7 @@ for dtype in (np.float32, np.float64):
             loss = fn(yt, xt, mask=mask)
             total = tf.reduce_sum(loss * loss)
         out += [loss.numpy()] + [g.numpy() for g in tape.gradient(total, [yt, xt])]
-np.savez(sys.argv[1], *out)
+np.savez(sys.argv[1], *out, cpu_isa=np.array(str(tfl.build_info().get("cpu_isa"))))
 """
 
 
@@ -575,9 +589,14 @@ def test_every_cpu_build_agrees(tmp_path, isa):
     """The chunk loops of each x86-64 level against this process's (the best
     this CPU runs). TFL_CPU_ISA caps the choice once, at the first call, so
     the capped build runs in a process of its own."""
+    from helpers import cpu_isa_level, runnable_cpu_isas, subprocess_env
+
+    best = cpu_isa_level()
+    if isa not in runnable_cpu_isas():
+        pytest.skip(f"this CPU ({best}) or library ({tfl.build_info().get('cpu_isas')}) cannot run the {isa} build")
     script = tmp_path / "run.py"
     script.write_text(CPU_BUILD_SCRIPT)
-    env = dict(os.environ, TFL_CPU_ISA=isa, TF_CPP_MIN_LOG_LEVEL="3")
+    env = subprocess_env({"TFL_CPU_ISA": isa}, pure_tf=False)
     subprocess.run([sys.executable, str(script), str(tmp_path / "capped.npz")], check=True, env=env, timeout=300)
     here = {"sys": sys, "__name__": "cpu_build"}
     argv, sys.argv = sys.argv, ["run.py", str(tmp_path / "best.npz")]
@@ -585,6 +604,12 @@ def test_every_cpu_build_agrees(tmp_path, isa):
         exec(CPU_BUILD_SCRIPT, here)
     finally:
         sys.argv = argv
-    capped, best = np.load(tmp_path / "capped.npz"), np.load(tmp_path / "best.npz")
-    for key in best.files:
-        assert_close_scaled(capped[key], best[key], 1e-4, key)
+    capped, best_run = np.load(tmp_path / "capped.npz"), np.load(tmp_path / "best.npz")
+    # The cap took effect, and this process runs its CPU's best build.
+    assert str(capped["cpu_isa"]) == isa, f"TFL_CPU_ISA={isa}, but build_info() reports {capped['cpu_isa']}"
+    if "TFL_CPU_ISA" not in os.environ and not tfl.use_pure_tf():
+        expected = runnable_cpu_isas()[-1]
+        assert str(best_run["cpu_isa"]) == expected, f"uncapped on a {best} CPU, build_info() reports {best_run['cpu_isa']}"
+    for key in best_run.files:
+        if key != "cpu_isa":
+            assert_close_scaled(capped[key], best_run[key], 1e-4, key)

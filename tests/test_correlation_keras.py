@@ -151,8 +151,8 @@ def test_gru_training_raises_held_out_correlation(rng, kind):
     assert after > 0.85 and after > before + 0.3, (before, after)
 
 
-@pytest.mark.parametrize("jit_compile, uses_op", [(False, True), (True, False)])
-def test_fit_traces_the_fused_op_only_without_xla(rng, monkeypatch, jit_compile, uses_op):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_traces_the_fused_op_with_and_without_xla(rng, monkeypatch, jit_compile):
     from tf_fused_losses import correlation
 
     calls = []
@@ -163,4 +163,4 @@ def test_fit_traces_the_fused_op_only_without_xla(rng, monkeypatch, jit_compile,
     model.compile(optimizer="sgd", loss=tfl.CorrelationLoss(), jit_compile=jit_compile)
     history = model.fit(u, y[..., None], batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    assert bool(calls) == uses_op
+    assert calls, "the fused op was not traced"

@@ -1,6 +1,12 @@
 """The CUDA kernels (cuda/*.cuh), compiled by the host compiler against
 tests/cuda_emu/cuda_emulation.h and run through the launchers' own planning
-and launch code, against the CPU ops on the same inputs.
+and launch code, against the CPU ops on the same inputs and against float64
+numpy references (tests/cuda_emu/reference64.py).
+
+The CPU ops and the emulated kernels compile the same math headers (the
+moments' merge, the finish of a row, the gradient coefficients), so the CPU
+comparison alone cannot see an error there: every launch shape is also
+compared with the references, which are written from the definitions.
 
 Every launch shape is covered: a warp per row (rows shorter and longer than
 a warp, lengths not a multiple of 32), a block per row, and pieces of rows
@@ -19,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 from cuda_emu import build as emu_build
+from cuda_emu import reference64
 from cuda_emu.compare import assert_rows_close
 from tf_fused_losses import _loader
 
@@ -29,8 +36,19 @@ LABELS = FLOATS + ["int32", "int64", "uint8", "bool"]
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-5, "float64": 1e-11}
 
 
+# max |emulated - float64 reference| / (scale of the row): the kernels'
+# float32 (float64) accumulation against exact arithmetic on the same
+# (already rounded) inputs, plus one rounding of 16-bit outputs.
+REFERENCE_TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-5, "float64": 1e-11}
+
+
 def assert_close(actual, expected, dtype, name):
     assert_rows_close(actual, expected, TOLERANCE[dtype], name)
+
+
+def assert_matches_reference(actual, expected, dtype, name):
+    assert_rows_close(actual, expected, REFERENCE_TOLERANCE[dtype], name + " vs float64 reference")
+
 
 WARP, BLOCK, PIECES = "rows_per_warp", "row_per_block", "pieces"
 # (rows, length), launch options, the launch shape they must give.
@@ -130,13 +148,21 @@ def emu_bpmll(emu, y, c, aligned=True, **options):
 @pytest.mark.parametrize("shape, options, launch", LAUNCHES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", ["dense", "sparse", "soft"])
-def test_bpmll_matches_cpu_op(emu, rng, shape, options, launch, dtype, kind):
+def test_bpmll_matches_cpu_op_and_reference(emu, rng, shape, options, launch, dtype, kind):
     y, c = bpmll_inputs(rng, shape, dtype, dtype, kind)
     loss, grad, info = emu_bpmll(emu, y, c, **options)
     assert info["shape"] == launch
     cpu_loss, cpu_grad = cpu_bpmll(y, c)
     assert_close(loss, cpu_loss, dtype, "loss")
     assert_close(grad, cpu_grad, dtype, "grad")
+    assert_bpmll_matches_reference(y, c, loss, grad, dtype)
+
+
+def assert_bpmll_matches_reference(y, c, loss, grad, dtype, rows=slice(None)):
+    ref_loss, ref_grad = reference64.bpmll(y, c)
+    assert np.isfinite(ref_loss[rows]).all()
+    assert_matches_reference(loss[rows], ref_loss[rows], dtype, "loss")
+    assert_matches_reference(grad[rows], ref_grad[rows], dtype, "grad")
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -149,6 +175,7 @@ def test_bpmll_every_type_pair(emu, rng, dtype, label_dtype, shape, options):
     assert loss.dtype == cpu_loss.dtype and grad.dtype == cpu_grad.dtype
     assert_close(loss, cpu_loss, dtype, "loss")
     assert_close(grad, cpu_grad, dtype, "grad")
+    assert_bpmll_matches_reference(y, c, loss, grad, dtype)
 
 
 @pytest.mark.parametrize("dtype, label_dtype", [("float32", "float32"), ("float16", "uint8"), ("float64", "bool")])
@@ -160,6 +187,7 @@ def test_bpmll_misaligned_arrays_take_the_scalar_path_to_the_same_bits(emu, rng,
     # The same slots go to the same threads; only the width of the accesses differs.
     np.testing.assert_array_equal(raw(loss_scalar), raw(loss))
     np.testing.assert_array_equal(raw(grad_scalar), raw(grad))
+    assert_bpmll_matches_reference(y, c, loss, grad, dtype)
 
 
 def test_bpmll_grid_stride_loops_give_the_same_bits(emu, rng):
@@ -170,17 +198,20 @@ def test_bpmll_grid_stride_loops_give_the_same_bits(emu, rng):
         assert info_1["grid"] == 1 < info["grid"]
         np.testing.assert_array_equal(loss_1, loss)
         np.testing.assert_array_equal(grad_1, grad)
+        assert_bpmll_matches_reference(y, c, loss, grad, "float32")
 
 
 def test_bpmll_pieces_agree_with_whole_rows(emu, rng):
     y, c = bpmll_inputs(rng, (1, 3000), "float64", "float64", "soft")
     whole_loss, whole_grad, info = emu_bpmll(emu, y, c)
     assert info["shape"] == BLOCK
+    assert_bpmll_matches_reference(y, c, whole_loss, whole_grad, "float64")
     for piece_length in (320, 1024, 2048):
         loss, grad, info = emu_bpmll(emu, y, c, piece_length=piece_length)
         assert info["shape"] == PIECES and info["pieces_per_row"] == -(-3000 // piece_length)
         assert_close(loss, whole_loss, "float64", "loss")
         assert_close(grad, whole_grad, "float64", "grad")
+        assert_bpmll_matches_reference(y, c, loss, grad, "float64")
 
 
 @pytest.mark.parametrize("options", [{}, {"piece_length": 64}])
@@ -201,6 +232,7 @@ def test_bpmll_rows_without_pairs_nan_and_bad_labels(emu, options):
     np.testing.assert_array_equal(np.isnan(grad[2]), np.isnan(cpu_grad[2]))
     assert_close(loss[5:], cpu_loss[3:], "float32", "loss")
     assert_close(grad[5:], cpu_grad[3:], "float32", "grad")
+    assert_bpmll_matches_reference(y, c, loss, grad, "float32", rows=[0, 1, 5])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"y_true\[3, 149\] = 2"):
         cpu_bpmll(y, c)
 
@@ -226,6 +258,10 @@ def test_scale_rows_matches_cpu_op_bit_for_bit(emu, rng, dtype, shape, options, 
     out = x.copy() if in_place else np.empty_like(x)
     emu.scale_rows(raw(scale), raw(out if in_place else x), raw(out), dtype, **options)
     np.testing.assert_array_equal(raw(out), raw(expected))
+    # One correctly rounded product: exact in float32 for 16-bit inputs.
+    wide = np.float64 if dtype == "float64" else np.float32
+    product = (x.astype(wide) * scale.astype(wide)[:, None]).astype(x.dtype)
+    np.testing.assert_array_equal(raw(out), raw(product))
 
 
 # --------------------------------------------------------------------------
@@ -240,6 +276,10 @@ def correlation_inputs(rng, shape, dtype, mask_kind):
         mask = None
     else:
         mask = rng.random(shape) < 0.7
+        # Two valid steps give r = +-1 whatever the values: Pearson's
+        # gradient is then epsilon's part alone, ~1e-7 of its terms, and
+        # float32 keeps none of it. Other rows get 3 valid steps at least.
+        mask[(mask.sum(axis=1) < 3), :3] = True
         mask[0, :] = False  # no valid step: loss 0, gradient 0
         if shape[0] > 1:
             mask[1, :] = False
@@ -279,11 +319,23 @@ def emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, epsilon=1e-
     return grad_y, grad_x, info
 
 
-def assert_row_stats_close(actual, expected, dtype):
+def assert_row_stats_close(actual, expected, dtype, check=assert_close):
     np.testing.assert_array_equal(actual[:, 0], expected[:, 0])  # counts are exact
-    assert_close(actual[:, 1:3], expected[:, 1:3], dtype if dtype == "float64" else "float32", "means")
+    check(actual[:, 1:3], expected[:, 1:3], dtype if dtype == "float64" else "float32", "means")
     for column in (3, 4):  # sums of squares: relative to each row's own value
-        assert_close(actual[:, column], expected[:, column], dtype if dtype == "float64" else "float32", "m2")
+        check(actual[:, column], expected[:, column], dtype if dtype == "float64" else "float32", "m2")
+
+
+def assert_correlation_matches_reference(y, x, mask, concordance, loss, row_stats, dtype, g=None, grads=None):
+    """Loss, row statistics and (given the upstream g) both gradients
+    against the float64 reference."""
+    ref_loss, ref_stats, ref_gradients = reference64.correlation(y, x, mask, concordance)
+    assert_matches_reference(f64(loss) - 1, ref_loss - 1, dtype, "1 - loss")
+    assert_row_stats_close(row_stats, ref_stats, dtype, check=assert_matches_reference)
+    if grads is not None:
+        ref_grad_y, ref_grad_x = ref_gradients(g)
+        assert_matches_reference(grads[0], ref_grad_y, dtype, "grad y_true")
+        assert_matches_reference(grads[1], ref_grad_x, dtype, "grad y_pred")
 
 
 CORRELATION_LAUNCHES = [
@@ -300,7 +352,7 @@ CORRELATION_LAUNCHES = [
 @pytest.mark.parametrize("shape, options, launch", CORRELATION_LAUNCHES)
 @pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
 @pytest.mark.parametrize("mask_kind", [None, "random"])
-def test_correlation_matches_cpu_ops(emu, rng, shape, options, launch, concordance, mask_kind):
+def test_correlation_matches_cpu_ops_and_reference(emu, rng, shape, options, launch, concordance, mask_kind):
     dtype = "float32"
     y, x, mask = correlation_inputs(rng, shape, dtype, mask_kind)
     loss, row_stats, info = emu_correlation(emu, y, x, mask, concordance, **options)
@@ -319,6 +371,7 @@ def test_correlation_matches_cpu_ops(emu, rng, shape, options, launch, concordan
     grad_y, grad_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
     assert_close(grad_y, cpu_grad_y, dtype, "grad y_true")
     assert_close(grad_x, cpu_grad_x, dtype, "grad y_pred")
+    assert_correlation_matches_reference(y, x, mask, concordance, loss, row_stats, dtype, g, (grad_y, grad_x))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -337,6 +390,8 @@ def test_correlation_every_dtype(emu, rng, dtype, concordance, shape, options):
     for name, actual, expected in zip(["grad y_true", "grad y_pred"], grads, cpu_grads):
         assert actual.dtype == expected.dtype
         assert_close(actual, expected, dtype, name)
+    own_grads = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)[:2]
+    assert_correlation_matches_reference(y, x, mask, concordance, loss, row_stats, dtype, g, own_grads)
 
 
 @pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
@@ -355,11 +410,11 @@ def test_correlation_degenerate_rows_are_exact(emu, concordance, options):
     loss, row_stats, _ = emu_correlation(emu, y, x, mask, concordance, **options)
     assert row_stats[0, 3] == 0.0 and row_stats[1, 3] == row_stats[1, 4] == 0.0
     assert row_stats[0, 1] == 0.1 and row_stats[1, 1] == row_stats[1, 2] == 7.25
-    np.testing.assert_array_equal(loss[1], 1.0)  # cx = 0 on every step: 1 - scale * 0
+    # cx = 0 on every step: 1 - scale * 0 (Pearson: a degenerate row, 1 as well)
+    np.testing.assert_array_equal(loss[0], 1.0)
+    np.testing.assert_array_equal(loss[1], 1.0)
     np.testing.assert_array_equal(loss[2], 0.0)
     np.testing.assert_array_equal(loss[3], np.where(mask[3], 1.0, 0.0))
-    if not concordance:
-        np.testing.assert_array_equal(loss[0], 1.0)
     g = np.ones_like(x)
     # A degenerate row's gradient is 0 whatever flows into it: no valid step
     # (both kinds), and for Pearson a constant row or a single valid step.
@@ -368,16 +423,25 @@ def test_correlation_degenerate_rows_are_exact(emu, concordance, options):
         g[0] = g[3] = np.nan
     grad_y, grad_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
     assert not grad_y[1:].any() and not grad_x[1:].any()
+    # x constant: d/dy_true is 0 (cx = 0 everywhere); for CCC, d/dy_pred is
+    # the mean gap's term, -2 (g cy - mean(g cy)) / D, not 0.
+    assert not grad_y[0].any()
+    if concordance:
+        assert np.abs(grad_x[0]).min() > 0
+    else:
+        assert not grad_x[0].any()
     cpu_loss, cpu_row_stats = cpu_correlation(y, x, mask, concordance)
-    np.testing.assert_array_equal(loss[1:], cpu_loss[1:])
+    np.testing.assert_array_equal(loss, cpu_loss)
     np.testing.assert_array_equal(row_stats[:, 0], cpu_row_stats[:, 0])
     cpu_grad_y, cpu_grad_x = cpu_correlation_grad(g, y, x, mask, cpu_row_stats, concordance)
-    np.testing.assert_array_equal(grad_y[1:], cpu_grad_y[1:])
-    if not concordance:
-        assert not grad_y[0].any() and not grad_x[0].any()
-        np.testing.assert_array_equal(loss[0], cpu_loss[0])
-    else:
-        assert_close(grad_y[:1], cpu_grad_y[:1], "float64", "grad y_true")
+    np.testing.assert_array_equal(grad_y, cpu_grad_y)
+    np.testing.assert_array_equal(grad_x[1:], cpu_grad_x[1:])
+    assert_close(grad_x[:1], cpu_grad_x[:1], "float64", "grad y_pred")
+    # The float64 reference, with a finite upstream gradient where it is
+    # not (g's inf and NaN must not matter in those rows; checked above).
+    g_finite = np.where(np.isfinite(g), g, 1.0)
+    assert_correlation_matches_reference(y, x, mask, concordance, loss, row_stats, "float64", g_finite,
+                                         (grad_y, grad_x))
 
 
 @pytest.mark.parametrize("shape, options", [((6, 45), {}), ((2, 2049), {}), ((2, 300), {"piece_length": 128})])
@@ -413,6 +477,66 @@ def test_correlation_misaligned_arrays_give_the_same_bits(emu, rng):
     loss_scalar, row_stats_scalar, _ = emu_correlation(emu, y, x, mask, True, aligned=False)
     np.testing.assert_array_equal(loss_scalar, loss)
     np.testing.assert_array_equal(row_stats_scalar, row_stats)
+    assert_correlation_matches_reference(y, x, mask, True, loss, row_stats, "float32")
+
+
+# --------------------------------------------------------------------------
+# The float64 references themselves, against central differences
+# --------------------------------------------------------------------------
+
+
+def central_differences(f, v, h=1e-6):
+    out = np.zeros_like(v)
+    for index in np.ndindex(v.shape):
+        up, down = v.copy(), v.copy()
+        up[index] += h
+        down[index] -= h
+        out[index] = (f(up) - f(down)) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dense", "soft"])
+def test_bpmll_reference_gradient_is_the_derivative_of_its_loss(rng, kind):
+    y = make_labels(rng, (3, 9), kind)
+    y[:, 0], y[:, 1] = 1.0, 0.0
+    c = rng.normal(size=(3, 9))
+    _, grad = reference64.bpmll(y, c)
+    numeric = central_differences(lambda v: reference64.bpmll(y, v)[0].sum(), c)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    # and its loss is the pairwise mean of the definition
+    pairs = [np.sum(np.outer(y[i], 1 - y[i]) * np.exp(c[i][None, :] - c[i][:, None])) / (y[i].sum() * (1 - y[i]).sum())
+             for i in range(3)]
+    np.testing.assert_allclose(reference64.bpmll(y, c)[0], pairs, rtol=1e-13)
+
+
+@pytest.mark.parametrize("concordance", [False, True], ids=["pearson", "ccc"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_correlation_reference_gradients_are_the_derivatives_of_its_loss(rng, concordance, masked):
+    y = rng.normal(loc=0.3, scale=1.5, size=(3, 8))
+    x = 0.6 * y + rng.normal(loc=-0.2, scale=0.8, size=(3, 8))
+    mask = rng.random((3, 8)) < 0.7 if masked else None
+    if masked:
+        mask[:, :3] = True
+    g = rng.normal(size=(3, 8))
+    grad_y, grad_x = reference64.correlation(y, x, mask, concordance)[2](g)
+
+    def total(y_, x_):
+        return np.sum(g * reference64.correlation_loss_only(y_, x_, mask, concordance))
+
+    np.testing.assert_allclose(grad_x, central_differences(lambda v: total(y, v), x), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(grad_y, central_differences(lambda v: total(v, x), y), rtol=1e-5, atol=1e-8)
+    # and its loss is the textbook Pearson r / Lin's CCC per row
+    loss = reference64.correlation_loss_only(y, x, mask, concordance)
+    for i in range(3):
+        v = np.ones(8, bool) if mask is None else mask[i]
+        xi, yi = x[i, v], y[i, v]
+        if concordance:
+            r = 2 * np.mean((xi - xi.mean()) * (yi - yi.mean())) / (xi.var() + yi.var() + (xi.mean() - yi.mean()) ** 2
+                                                                     + 1e-7)
+        else:
+            r = np.mean((xi - xi.mean()) * (yi - yi.mean())) / (xi.std() * yi.std() + 1e-7)
+        np.testing.assert_allclose(np.mean(1 - loss[i, v]), r, rtol=1e-12)
+        assert not loss[i, ~v].any()
 
 
 # --------------------------------------------------------------------------

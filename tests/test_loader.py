@@ -1,4 +1,5 @@
-"""The lazy loader: version checks, a missing library, the pure-TF switch, build info."""
+"""The lazy loader: version checks, a missing library, the pure-TF switch,
+build info, and the TFL_CPU_ISA cap on the CPU build in use."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tf_fused_losses as tfl
+from helpers import CPU_ISAS, cpu_isa_level, last_json_line, library_cpu_isas, runnable_cpu_isas, subprocess_env
 from tf_fused_losses import _loader
 
 
@@ -56,3 +58,76 @@ def test_pure_tf_path_works_without_the_library(unloaded, monkeypatch, tmp_path)
     monkeypatch.setenv(_loader.PURE_TF_ENV, "1")
     loss = tfl.bpmll_loss([[1.0, 0.0]], [[0.0, 0.0]])
     assert float(loss[0]) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------
+# TFL_CPU_ISA: which x86-64 build of the chunk loops runs
+# --------------------------------------------------------------------------
+
+_ISA_SCRIPT = """
+import json
+import tf_fused_losses as tfl
+try:
+    tfl.bpmll_loss([[1.0, 0.0]], [[0.0, 0.0]])
+except RuntimeError as e:
+    print(json.dumps({"error": str(e)}))
+else:
+    print(json.dumps({"error": None, "cpu_isa": tfl.build_info().get("cpu_isa")}))
+"""
+
+
+def first_call_with_cap(cap):
+    """In a fresh process (the choice is made once, at load): the error of the
+    first loss call, or the build_info()["cpu_isa"] it left."""
+    extra = {} if cap is None else {"TFL_CPU_ISA": cap}
+    env = subprocess_env(extra, pure_tf=False)
+    if cap is None:
+        env.pop("TFL_CPU_ISA", None)
+    done = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return last_json_line(done.stdout)
+
+
+def test_an_unknown_isa_cap_is_refused_naming_the_variable_and_the_choices():
+    report = first_call_with_cap("avx9000")
+    assert report["error"] is not None, f"TFL_CPU_ISA=avx9000 was accepted: {report}"
+    message = report["error"]
+    assert "TFL_CPU_ISA" in message and "avx9000" in message, message
+    assert all(isa in message for isa in CPU_ISAS), f"the message should name {', '.join(CPU_ISAS)}: {message}"
+
+
+@pytest.mark.skipif(cpu_isa_level() is None,
+                    reason="not x86-64 Linux: the CPU's level cannot be read from /proc/cpuinfo")
+def test_without_a_cap_the_best_level_of_this_cpu_runs():
+    best = cpu_isa_level()
+    report = first_call_with_cap(None)
+    assert report["error"] is None, report
+    expected = runnable_cpu_isas()[-1]
+    assert report["cpu_isa"] == expected, f"/proc/cpuinfo says {best}; the library holds {library_cpu_isas()}: {report}"
+
+
+@pytest.mark.parametrize("cap", CPU_ISAS)
+def test_a_cap_the_cpu_supports_selects_that_build(cap):
+    best = cpu_isa_level()
+    if best is None and cap != "baseline":
+        pytest.skip("not x86-64 Linux: cannot tell whether this CPU runs " + cap)
+    if best is not None and CPU_ISAS.index(cap) > CPU_ISAS.index(best):
+        pytest.skip(f"this CPU's best level is {best}: the refusal of {cap} is tested instead")
+    if cap not in library_cpu_isas():
+        pytest.skip(f"the library holds no {cap} build (build_info: {library_cpu_isas()})")
+    report = first_call_with_cap(cap)
+    assert report["error"] is None, report
+    assert report["cpu_isa"] == cap, f"TFL_CPU_ISA={cap}, but build_info() reports {report['cpu_isa']!r}"
+
+
+def test_a_cap_above_what_the_cpu_supports_is_refused():
+    best = cpu_isa_level()
+    if best is None:
+        pytest.skip("not x86-64 Linux: the CPU's level cannot be read from /proc/cpuinfo")
+    above = CPU_ISAS[CPU_ISAS.index(best) + 1 :]
+    if not above:
+        pytest.skip(f"this CPU supports every level up to {best}: no cap above it to refuse")
+    for cap in above:
+        report = first_call_with_cap(cap)
+        assert report["error"] is not None, f"TFL_CPU_ISA={cap} on a CPU whose best level is {best}: {report}"
+        assert "TFL_CPU_ISA" in report["error"] and cap in report["error"], report["error"]

@@ -19,7 +19,6 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-INCLUDE_DIRS = [HERE, os.path.join(ROOT, "cuda"), os.path.join(ROOT, "cc", "kernels")]
 MODULE_NAME = "tfl_cuda_emu"
 COMMON_FLAGS = ["-std=c++17", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror",
                 "-Wno-unknown-pragmas"]  # #pragma unroll is for nvcc
@@ -32,14 +31,38 @@ def compiler():
     return cxx
 
 
+def _is_kernel_header(name):
+    """The CUDA kernels (*.cuh) and the TensorFlow-free headers they share with the CPU ops."""
+    return name.endswith((".cuh", ".h"))
+
+
+def _kernel_header_dirs():
+    """Every folder under cuda/ and cc/ holding a *.cuh or TensorFlow-free
+    header (cc/tf/ and cc/ops/ hold the TensorFlow side), found by walking
+    the tree so that the harness follows the sources when they move."""
+    found = set()
+    for top in (os.path.join(ROOT, "cuda"), os.path.join(ROOT, "cc")):
+        for folder, subfolders, names in os.walk(top):
+            subfolders[:] = [d for d in subfolders if d not in ("tf", "ops")]
+            if any(_is_kernel_header(name) for name in names):
+                found.add(folder)
+    if not any(name.endswith(".cuh") for folder in found for name in os.listdir(folder)):
+        raise FileNotFoundError(f"no *.cuh header under {ROOT}/cuda or {ROOT}/cc")
+    return sorted(found)
+
+
+def include_dirs():
+    # The harness first; the repository root and cc/ too, for includes
+    # written relative to them.
+    return [HERE, *_kernel_header_dirs(), ROOT, os.path.join(ROOT, "cc")]
+
+
 def _sources():
     """What the harness compiles: its own files, the kernel headers and the math headers."""
-    wanted = {
-        HERE: lambda name: name.endswith((".h", ".cc")),
-        os.path.join(ROOT, "cuda"): lambda name: name.endswith(".cuh"),
-        os.path.join(ROOT, "cc", "kernels"): lambda name: name.endswith("math.h") or name == "math_common.h",
-    }
-    return [os.path.join(d, name) for d, keep in wanted.items() for name in sorted(os.listdir(d)) if keep(name)]
+    out = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith((".h", ".cc"))]
+    for folder in _kernel_header_dirs():
+        out += [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if _is_kernel_header(name)]
+    return out
 
 
 def _digest(*parts):
@@ -77,7 +100,7 @@ def build_module():
 
     cxx = compiler()
     flags = COMMON_FLAGS + ["-O1", "-fPIC", "-shared"]
-    includes = [f"-I{d}" for d in INCLUDE_DIRS]
+    includes = [f"-I{d}" for d in include_dirs()]
     includes += [f"-isystem{pybind11.get_include()}", f"-isystem{sysconfig.get_paths()['include']}"]
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     key = _digest(cxx, " ".join(flags), sys.version)
@@ -100,7 +123,7 @@ TSAN_FLAGS = ["-O1", "-g", "-fsanitize=thread"]
 
 
 def tsan_command(program, output):
-    return [compiler(), *COMMON_FLAGS, *TSAN_FLAGS, *[f"-I{d}" for d in INCLUDE_DIRS],
+    return [compiler(), *COMMON_FLAGS, *TSAN_FLAGS, *[f"-I{d}" for d in include_dirs()],
             os.path.join(HERE, program + ".cc"), "-o", output]
 
 

@@ -13,6 +13,8 @@ import numpy as np
 
 HELPERS = os.path.dirname(os.path.abspath(__file__))
 LOSS_KINDS = ("bpmll", "correlation", "ccc")
+PURE_TF_ENV = "TF_FUSED_LOSSES_PY_OPS"  # tf_fused_losses.PURE_TF_ENV, without importing TF here
+CPU_ISAS = ("baseline", "avx2", "avx512")  # TFL_CPU_ISA's values, lowest first
 
 
 def multilabel_data(rng, samples, features=8, labels=12):
@@ -122,37 +124,49 @@ def package_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(tf_fused_losses.__file__)))
 
 
-def subprocess_env(extra=None):
+def subprocess_env(extra=None, pure_tf=None):
     """The environment for a script: this package and the helpers importable,
-    quiet TF logs, the pure-TF switch off (the scripts test the ops)."""
+    quiet TF logs, then `extra`.
+
+    pure_tf says what the script runs on: None inherits this process's
+    TF_FUSED_LOSSES_PY_OPS (a suite run with it set runs its scripts on the
+    pure-TF path too), False removes it (a script that tests the op library
+    itself), True sets it."""
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env.pop("TF_FUSED_LOSSES_PY_OPS", None)
+    if pure_tf is True:
+        env[PURE_TF_ENV] = "1"
+    elif pure_tf is False:
+        env.pop(PURE_TF_ENV, None)
+    elif pure_tf is not None:
+        raise ValueError(f"pure_tf must be None, True or False, got {pure_tf!r}")
     paths = [os.path.dirname(HELPERS), package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra or {})
     return env
 
 
-def start_script(name, *args, env=None):
-    """Starts tests/helpers/<name> in a fresh interpreter, output to a pipe."""
+def start_script(name, *args, env=None, pure_tf=None):
+    """Starts tests/helpers/<name> in a fresh interpreter, output to a pipe;
+    env defaults to subprocess_env(pure_tf=pure_tf)."""
     return subprocess.Popen(
         [sys.executable, os.path.join(HELPERS, name), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env if env is not None else subprocess_env(),
+        env=env if env is not None else subprocess_env(pure_tf=pure_tf),
     )
 
 
-def run_script(name, *args, env=None, timeout=300, check=True):
+def run_script(name, *args, env=None, timeout=300, check=True, pure_tf=None):
     """Runs tests/helpers/<name> in a fresh interpreter; returns the process.
-    On failure the assertion shows the script's output."""
+    env defaults to subprocess_env(pure_tf=pure_tf). On failure the
+    assertion shows the script's output."""
     proc = subprocess.run(
         [sys.executable, os.path.join(HELPERS, name), *map(str, args)],
         capture_output=True,
         text=True,
-        env=env if env is not None else subprocess_env(),
+        env=env if env is not None else subprocess_env(pure_tf=pure_tf),
         timeout=timeout,
     )
     if check:
@@ -162,3 +176,44 @@ def run_script(name, *args, env=None, timeout=300, check=True):
 
 def last_json_line(text):
     return json.loads(text.strip().splitlines()[-1])
+
+
+# x86-64 micro-architecture levels, as /proc/cpuinfo names their features:
+# the builds are compiled with -march=x86-64-v3 (avx2) and -v4 (avx512).
+_X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+_X86_64_V4 = _X86_64_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def library_cpu_isas():
+    """The levels the op library holds a build of (build_info()["cpu_isas"],
+    "isa_baseline;isa_avx2;..."), lowest first."""
+    import tf_fused_losses
+
+    built = {name.strip().replace("isa_", "") for name in tf_fused_losses.build_info().get("cpu_isas", "").split(";")}
+    return [isa for isa in CPU_ISAS if isa in built]
+
+
+def runnable_cpu_isas():
+    """The TFL_CPU_ISA caps that select a build of their own here: built into
+    the library and supported by this CPU (all built ones where the CPU's
+    level cannot be read)."""
+    best = cpu_isa_level()
+    return [isa for isa in library_cpu_isas() if best is None or CPU_ISAS.index(isa) <= CPU_ISAS.index(best)]
+
+
+def cpu_isa_level():
+    """The highest TFL_CPU_ISA level this CPU supports, read from
+    /proc/cpuinfo (not from the library): "avx512", "avx2" or "baseline";
+    None where that cannot be told (not Linux on x86-64)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    if _X86_64_V4 <= flags:
+        return "avx512"
+    return "avx2" if _X86_64_V3 <= flags else "baseline"
