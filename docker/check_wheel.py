@@ -32,7 +32,10 @@ from packaging.requirements import Requirement
 
 PACKAGE = "tf_fused_losses"
 LIBRARY = f"{PACKAGE}/libtf_fused_losses.so"
-# What a TensorFlow custom op may need at load time besides libtensorflow_framework.
+# What a TensorFlow custom op may need at load time besides TensorFlow's own
+# libraries (TF_LIBRARIES).
+# libtensorflow_cc.so.2 holds the XLA symbols of the lowerings (cc/xla).
+TF_LIBRARIES = {"libtensorflow_framework.so.2", "libtensorflow_cc.so.2"}
 SYSTEM_LIBRARIES = {
     "libstdc++.so.6",
     "libgcc_s.so.1",
@@ -143,9 +146,9 @@ def main():
         metadata_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = Parser().parsestr(wheel.read(metadata_name).decode())
 
-    foreign = [lib for lib in library["needed"] if lib != "libtensorflow_framework.so.2" and lib not in SYSTEM_LIBRARIES]
+    foreign = [lib for lib in library["needed"] if lib not in TF_LIBRARIES and lib not in SYSTEM_LIBRARIES]
     if foreign:
-        problems.append(f"{LIBRARY} needs {foreign}: only libtensorflow_framework.so.2 and {sorted(SYSTEM_LIBRARIES)} may be")
+        problems.append(f"{LIBRARY} needs {foreign}: only {sorted(TF_LIBRARIES)} and {sorted(SYSTEM_LIBRARIES)} may be")
     if "libtensorflow_framework.so.2" not in library["needed"]:
         problems.append(f"{LIBRARY} does not link libtensorflow_framework.so.2 (needed: {library['needed']})")
     absolute = [p for p in library["runpath"] if not p.startswith("$ORIGIN")]

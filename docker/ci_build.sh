@@ -18,7 +18,7 @@ cache=${TFL_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tf-fused-losses-ci}
 # strategies, subprocess runs) has already run against the source build in
 # `make test`; TEST_PATHS=tests PYTEST_MARKERS= runs all of it here too.
 markers=${PYTEST_MARKERS-not slow}
-test_paths=${TEST_PATHS:-tests/test_loader.py tests/test_bpmll.py tests/test_correlation.py tests/test_bad_input.py tests/test_bpmll_keras.py tests/test_saved_model.py tests/test_gpu.py}
+test_paths=${TEST_PATHS:-tests/test_loader.py tests/test_xla.py tests/test_bpmll.py tests/test_correlation.py tests/test_bad_input.py tests/test_bpmll_keras.py tests/test_saved_model.py tests/test_gpu.py}
 base=localhost/tfl-ci-base:bookworm-minbase
 toolchain=localhost/tfl-ci-toolchain:latest
 started=$SECONDS
