@@ -258,20 +258,11 @@ cmd_build() {
     TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$SCRATCH/cmake TFL_JOBS=$JOBS \
         "$build_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$SCRATCH/raw" "$tree"
 
-    # CMake leaves its build-tree RUNPATH (the build venv's tensorflow/) in the library.
-    # Point it at the installed tensorflow/ beside the package instead, so that nothing
-    # from the build machine ships and the library resolves libtensorflow_framework.so.2
-    # even when loaded before TensorFlow.
-    local raw
-    raw=$(echo "$SCRATCH"/raw/*.whl)
-    "$build_venv/bin/python" -m wheel unpack -d "$SCRATCH/unpacked" "$raw" >/dev/null
-    local library
-    for library in "$SCRATCH"/unpacked/*/tf_fused_losses/*.so; do
-        # shellcheck disable=SC2016  # $ORIGIN is for the dynamic linker
-        "$build_venv/bin/patchelf" --set-rpath '$ORIGIN/../tensorflow' "$library"
-    done
+    # The library's RUNPATH is $ORIGIN/../tensorflow from the link (CMakeLists.txt):
+    # nothing from the build machine ships. It must not be rewritten with patchelf,
+    # which would X out the "tensorflow" symbol version libtensorflow_cc.so.2 needs.
     mkdir -p "$SCRATCH/patched"
-    "$build_venv/bin/python" -m wheel pack -d "$SCRATCH/patched" "$SCRATCH"/unpacked/* >/dev/null
+    cp "$SCRATCH"/raw/*.whl "$SCRATCH/patched/"
 
     # libtensorflow_framework.so.2 and libtensorflow_cc.so.2 (the XLA lowerings) come
     # with TensorFlow: never bundled, so only the system libraries decide the manylinux tag.
