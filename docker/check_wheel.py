@@ -108,10 +108,12 @@ def library_facts(data):
                 elif tag.entry.d_tag == "DT_RPATH":
                     runpath.extend(tag.rpath.split(":"))
     versions = {}
+    version_needs = []
     for section in elf.iter_sections():
         if isinstance(section, GNUVerNeedSection):
-            for _, auxiliaries in section.iter_versions():
+            for needed_file, auxiliaries in section.iter_versions():
                 for aux in auxiliaries:
+                    version_needs.append((needed_file.name, aux.name))
                     prefix, _, number = aux.name.partition("_")
                     if number[:1].isdigit():
                         key = tuple(int(x) for x in re.findall(r"\d+", number))
@@ -121,6 +123,7 @@ def library_facts(data):
         "needed": needed,
         "runpath": [p for p in runpath if p],
         "newest": {k: ".".join(map(str, v)) for k, v in sorted(versions.items())},
+        "version_needs": version_needs,
         "fatbin": fatbin.data() if fatbin is not None else None,
     }
 
@@ -151,6 +154,13 @@ def main():
         problems.append(f"{LIBRARY} needs {foreign}: only {sorted(TF_LIBRARIES)} and {sorted(SYSTEM_LIBRARIES)} may be")
     if "libtensorflow_framework.so.2" not in library["needed"]:
         problems.append(f"{LIBRARY} does not link libtensorflow_framework.so.2 (needed: {library['needed']})")
+    # A symbol version name rewritten to X's (patchelf overwriting a .dynstr tail
+    # it shares with an old RUNPATH) makes the library unloadable.
+    mangled = [need for need in library["version_needs"] if re.fullmatch(r"X+", need[1])]
+    if mangled:
+        problems.append(f"{LIBRARY} needs symbol versions whose names were overwritten: {mangled}")
+    if ("libtensorflow_cc.so.2", "tensorflow") not in library["version_needs"] and "libtensorflow_cc.so.2" in library["needed"]:
+        problems.append(f"{LIBRARY} links libtensorflow_cc.so.2 without its 'tensorflow' symbol version")
     absolute = [p for p in library["runpath"] if not p.startswith("$ORIGIN")]
     if absolute:
         problems.append(f"{LIBRARY} RUNPATH {absolute} names directories of the build machine")
