@@ -135,11 +135,18 @@ TFL_HD BpmllRowResult<Acc> BpmllFinish(const BpmllStats<Acc>& s) {
   r.pos_log_sum = log(s.pos_sum);
   r.neg_log_sum = log(s.neg_sum);
   r.extended = false;
+  r.log_pairs = Acc(0);
+  // Only a NaN logit makes a sum or a shift NaN (infinite ones meet the
+  // shifts as e^0): the row's loss and every gradient element are NaN, which
+  // E * e^{...} gives by itself (BpmllRowGradient).
+  const bool nan_logit = !(s.pos_sum == s.pos_sum && s.neg_sum == s.neg_sum && s.pos_shift == s.pos_shift &&
+                           s.neg_shift == s.neg_shift);
+  if (nan_logit) {
+    r.loss = NegativeInfinity<Acc>() - NegativeInfinity<Acc>();
+    return r;
+  }
   if (!r.has_pairs) {
-    const bool nan = !(s.pos_sum == s.pos_sum && s.neg_sum == s.neg_sum && s.pos_shift == s.pos_shift &&
-                       s.neg_shift == s.neg_shift);
-    r.loss = nan ? NegativeInfinity<Acc>() - NegativeInfinity<Acc>() : Acc(0);  // NaN: a NaN logit
-    r.log_pairs = Acc(0);
+    r.loss = Acc(0);
     return r;
   }
   r.extended = IsInfinite(s.pos_shift) || IsInfinite(s.neg_shift);
@@ -154,6 +161,9 @@ TFL_HD BpmllRowResult<Acc> BpmllFinish(const BpmllStats<Acc>& s) {
   } else {
     r.loss = exp(shift + r.pos_log_sum + r.neg_log_sum - r.log_pairs);
   }
+  // A loss past the type's range: E * e^{...} would multiply inf by terms
+  // that the direct form keeps finite.
+  r.extended = r.extended || IsInfinite(r.loss);
   return r;
 }
 
@@ -197,12 +207,22 @@ TFL_HD Acc BpmllHardGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
 }
 
 // dE/dc_j by the direct form, for extended rows (see the top of this file):
-//   (1 - y) e^{c + log P - log pairs} - y e^{-c + log N - log pairs}.
+//   e^a - e^b,  a = log(1 - y) + c + log P - log pairs,  b = log y - c + log N - log pairs,
+// a side of weight 0 being exactly 0. Where both sides are finite but e^a or
+// e^b alone would overflow (soft labels on a row whose loss overflows), the
+// difference is taken as sign * e^(max + log(1 - e^-|a - b|)).
 template <typename Acc>
 TFL_HD Acc BpmllExtendedGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
-  const Acc up = y == Acc(1) ? Acc(0) : (Acc(1) - y) * exp(((c + r.pos_shift) + r.pos_log_sum) - r.log_pairs);
-  const Acc down = y == Acc(0) ? Acc(0) : y * exp(((r.neg_shift - c) + r.neg_log_sum) - r.log_pairs);
-  return up - down;
+  const Acc up = ((c + r.pos_shift) + r.pos_log_sum) - r.log_pairs;
+  const Acc down = ((r.neg_shift - c) + r.neg_log_sum) - r.log_pairs;
+  if (y == Acc(0)) return exp(up);
+  if (y == Acc(1)) return -exp(down);
+  const Acc a = up + log(Acc(1) - y);
+  const Acc b = down + log(y);
+  if (IsInfinite(a) || IsInfinite(b) || !(a == a && b == b)) return exp(a) - exp(b);
+  const Acc high = a > b ? a : b;
+  const Acc gap = a > b ? b - a : a - b;  // <= 0
+  return (a >= b ? Acc(1) : Acc(-1)) * exp(high + log(-expm1(gap)));
 }
 
 // dE/dc_j of any row, for callers that take one element at a time (CUDA).
