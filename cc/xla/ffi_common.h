@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "cpu_half_types.h"
 #include "xla/ffi/api/ffi.h"
@@ -113,6 +114,44 @@ inline ffi::Error CorrelationShape(const char* op, const ffi::AnyBuffer& y_true,
                            "] (or shape [0] for no mask), got shape " + ShapeString(mask));
   }
   return ffi::Error::Success();
+}
+
+// The operands, results and attributes of each custom call (ffi_handlers.h),
+// appended to a binding that already holds the platform's context (the Host
+// thread pool, or the CUDA stream and scratch allocator).
+template <typename Binding>
+auto BpmllLossSignature(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>();
+}
+template <typename Binding>
+auto BpmllLossGradSignature(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>();
+}
+template <typename Binding>
+auto CorrelationLossSignature(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<bool>("concordance")
+      .template Attr<float>("epsilon");
+}
+template <typename Binding>
+auto CorrelationLossGradSignature(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<bool>("concordance")
+      .template Attr<float>("epsilon")
+      .template Attr<bool>("compute_grad_y_true");
 }
 
 }  // namespace ffi_frontend

@@ -154,46 +154,13 @@ ffi::Error CorrelationLossGradImpl(cudaStream_t stream, ffi::ScratchAllocator sc
 namespace tfl_ffi = ::tf_fused_losses::ffi_frontend;
 using CudaStream = xla::ffi::PlatformStream<cudaStream_t>;
 
+static auto CudaBinding() { return xla::ffi::Ffi::Bind().Ctx<CudaStream>().Ctx<xla::ffi::ScratchAllocator>(); }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossCuda, tfl_ffi::BpmllLossImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<CudaStream>()
-                                  .Ctx<xla::ffi::ScratchAllocator>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
-
+                              tfl_ffi::BpmllLossSignature(CudaBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossGradCuda, tfl_ffi::BpmllLossGradImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<CudaStream>()
-                                  .Ctx<xla::ffi::ScratchAllocator>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
-
+                              tfl_ffi::BpmllLossGradSignature(CudaBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossCuda, tfl_ffi::CorrelationLossImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<CudaStream>()
-                                  .Ctx<xla::ffi::ScratchAllocator>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Attr<bool>("concordance")
-                                  .Attr<float>("epsilon"));
-
+                              tfl_ffi::CorrelationLossSignature(CudaBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradCuda, tfl_ffi::CorrelationLossGradImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<CudaStream>()
-                                  .Ctx<xla::ffi::ScratchAllocator>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Attr<bool>("concordance")
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("compute_grad_y_true"));
+                              tfl_ffi::CorrelationLossGradSignature(CudaBinding()));

@@ -76,7 +76,7 @@ ffi::Error BpmllLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBu
     using T = decltype(logit);
     return WithLabelType(kOp, y_true.element_type(), [&](auto label) {
       using TLabel = decltype(label);
-      const BpmllCpuArgs<T, TLabel> args{static_cast<const TLabel*>(y_true.untyped_data()),
+      const BpmllLossArgs<T, TLabel> args{static_cast<const TLabel*>(y_true.untyped_data()),
                                          static_cast<const T*>(y_pred.untyped_data()), shape.rows, shape.length,
                                          static_cast<T*>(loss->untyped_data()), static_cast<T*>(grad->untyped_data())};
       const BpmllBadLabel bad = RunBpmllLossCpu(args, parallel);
@@ -170,42 +170,13 @@ ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_los
 
 namespace tfl_ffi = ::tf_fused_losses::ffi_frontend;
 
+static auto HostBinding() { return xla::ffi::Ffi::Bind().Ctx<xla::ffi::ThreadPool>(); }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossHost, tfl_ffi::BpmllLossImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
-
+                              tfl_ffi::BpmllLossSignature(HostBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllLossGradHost, tfl_ffi::BpmllLossGradImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
-
+                              tfl_ffi::BpmllLossGradSignature(HostBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossHost, tfl_ffi::CorrelationLossImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Attr<bool>("concordance")
-                                  .Attr<float>("epsilon"));
-
+                              tfl_ffi::CorrelationLossSignature(HostBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradHost, tfl_ffi::CorrelationLossGradImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>()
-                                  .Attr<bool>("concordance")
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("compute_grad_y_true"));
+                              tfl_ffi::CorrelationLossGradSignature(HostBinding()));

@@ -79,7 +79,7 @@ class CpuBpmll {
     bool soft = false;
   };
 
-  CpuBpmll(const BpmllCpuArgs<T, TLabel>& args, BadRow* bad)
+  CpuBpmll(const BpmllLossArgs<T, TLabel>& args, BadRow* bad)
       : args_(args),
         ops_(BpmllChunkOpsForThisCpu<T, TLabel>()),
         stream_(args.rows * args.labels * static_cast<int64_t>(sizeof(T)) >= kStreamStoreMinBytes),
@@ -140,7 +140,7 @@ class CpuBpmll {
   }
 
  private:
-  const BpmllCpuArgs<T, TLabel>& args_;
+  const BpmllLossArgs<T, TLabel>& args_;
   const Ops& ops_;
   const bool stream_;
   BadRow* bad_;
@@ -149,7 +149,7 @@ class CpuBpmll {
 }  // namespace
 
 template <typename T, typename TLabel>
-BpmllBadLabel RunBpmllLossCpu(const BpmllCpuArgs<T, TLabel>& args, const ParallelFor& pool) {
+BpmllBadLabel RunBpmllLossCpu(const BpmllLossArgs<T, TLabel>& args, const ParallelFor& pool) {
   using Bpmll = CpuBpmll<T, TLabel>;
   using Acc = typename Bpmll::Acc;
   const int64_t rows = args.rows, labels = args.labels;
@@ -220,7 +220,7 @@ void RunBpmllLossGradCpu(const T* grad_loss, const T* cached_grad, int64_t rows,
 }
 
 #define TFL_INSTANTIATE_PAIR(T, TLabel) \
-  template BpmllBadLabel RunBpmllLossCpu<T, TLabel>(const BpmllCpuArgs<T, TLabel>&, const ParallelFor&);
+  template BpmllBadLabel RunBpmllLossCpu<T, TLabel>(const BpmllLossArgs<T, TLabel>&, const ParallelFor&);
 TFL_FOR_EACH_BPMLL_PAIR(TFL_INSTANTIATE_PAIR)
 #undef TFL_INSTANTIATE_PAIR
 #define TFL_INSTANTIATE_LOGIT(T) \

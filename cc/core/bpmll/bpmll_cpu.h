@@ -13,7 +13,7 @@ namespace tf_fused_losses {
 
 // Row-major (rows, labels) inputs; writes loss[rows] and grad[rows, labels].
 template <typename T, typename TLabel>
-struct BpmllCpuArgs {
+struct BpmllLossArgs {
   const TLabel* y_true;
   const T* y_pred;
   int64_t rows;
@@ -31,7 +31,7 @@ struct BpmllBadLabel {
 };
 
 template <typename T, typename TLabel>
-BpmllBadLabel RunBpmllLossCpu(const BpmllCpuArgs<T, TLabel>& args, const ParallelFor& pool);
+BpmllBadLabel RunBpmllLossCpu(const BpmllLossArgs<T, TLabel>& args, const ParallelFor& pool);
 
 // out[i, j] = cached_grad[i, j] * grad_loss[i]; out may be cached_grad.
 template <typename T>

@@ -21,7 +21,7 @@ struct BpmllLossFunctor<CPUDevice, T, TLabel> {
   void operator()(OpKernelContext* ctx, const BpmllLossArgs<T, TLabel>& args) {
     using Logit = typename ChunkTypeOf<T>::type;
     using Label = typename ChunkTypeOf<TLabel>::type;
-    const BpmllCpuArgs<Logit, Label> core{reinterpret_cast<const Label*>(args.y_true),
+    const BpmllLossArgs<Logit, Label> core{reinterpret_cast<const Label*>(args.y_true),
                                           reinterpret_cast<const Logit*>(args.y_pred), args.rows, args.labels,
                                           reinterpret_cast<Logit*>(args.loss), reinterpret_cast<Logit*>(args.grad)};
     const BpmllBadLabel bad = RunBpmllLossCpu(core, TfParallelFor(ctx));
