@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "correlation_math.h"
 #include "cpu_half_types.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -112,6 +113,32 @@ inline ffi::Error CorrelationShape(const char* op, const ffi::AnyBuffer& y_true,
     return InvalidArgument(std::string(op) + ": mask must be bool of shape (batch, steps) = [" +
                            std::to_string(s->rows) + "," + std::to_string(s->length) +
                            "] (or shape [0] for no mask), got shape " + ShapeString(mask));
+  }
+  return ffi::Error::Success();
+}
+
+// grad_loss (batch,) and cached_grad (batch, labels).
+inline ffi::Error BpmllGradShape(const char* op, const ffi::AnyBuffer& grad_loss, const ffi::AnyBuffer& cached_grad,
+                                 RowShape* s) {
+  const auto dims = cached_grad.dimensions();
+  if (dims.size() != 2 || grad_loss.dimensions().size() != 1 || grad_loss.dimensions()[0] != dims[0]) {
+    return InvalidArgument(std::string(op) + ": grad_loss must be (batch,) and cached_grad (batch, labels); got " +
+                           ShapeString(grad_loss) + " and " + ShapeString(cached_grad));
+  }
+  s->rows = dims[0];
+  s->length = dims[1];
+  return ffi::Error::Success();
+}
+
+// The backward op's inputs: as the forward's, and row_stats (batch, 5).
+inline ffi::Error CorrelationGradShape(const char* op, const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                                       const ffi::AnyBuffer& mask, const ffi::AnyBuffer& row_stats, RowShape* s,
+                                       bool* has_mask) {
+  if (ffi::Error e = CorrelationShape(op, y_true, y_pred, mask, s, has_mask); e.failure()) return e;
+  const auto stats = row_stats.dimensions();
+  if (stats.size() != 2 || stats[0] != s->rows || stats[1] != kCorrelationRowStats) {
+    return InvalidArgument(std::string(op) + ": row_stats must have shape (batch, 5), got shape " +
+                           ShapeString(row_stats));
   }
   return ffi::Error::Success();
 }

@@ -92,16 +92,13 @@ ffi::Error BpmllLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBu
 ffi::Error BpmllLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_loss, ffi::AnyBuffer cached_grad,
                              ffi::Result<ffi::AnyBuffer> out) {
   constexpr const char* kOp = "FusedBpmllLossGrad";
-  const auto dims = cached_grad.dimensions();
-  if (dims.size() != 2 || grad_loss.dimensions().size() != 1 || grad_loss.dimensions()[0] != dims[0]) {
-    return InvalidArgument(std::string(kOp) + ": grad_loss must be (batch,) and cached_grad (batch, labels); got " +
-                           ShapeString(grad_loss) + " and " + ShapeString(cached_grad));
-  }
+  RowShape shape;
+  if (ffi::Error e = BpmllGradShape(kOp, grad_loss, cached_grad, &shape); e.failure()) return e;
   FfiParallelFor parallel(&pool);
   return WithLogitType(kOp, "cached_grad", cached_grad.element_type(), [&](auto logit) {
     using T = decltype(logit);
     RunBpmllLossGradCpu(static_cast<const T*>(grad_loss.untyped_data()),
-                        static_cast<const T*>(cached_grad.untyped_data()), dims[0], dims[1],
+                        static_cast<const T*>(cached_grad.untyped_data()), shape.rows, shape.length,
                         static_cast<T*>(out->untyped_data()), parallel);
     return ffi::Error::Success();
   });
@@ -138,11 +135,8 @@ ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_los
   constexpr const char* kOp = "FusedCorrelationLossGrad";
   RowShape shape;
   bool has_mask = false;
-  if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
-  const auto stats = row_stats.dimensions();
-  if (stats.size() != 2 || stats[0] != shape.rows || stats[1] != kCorrelationRowStats) {
-    return InvalidArgument(std::string(kOp) + ": row_stats must have shape (batch, 5), got shape " +
-                           ShapeString(row_stats));
+  if (ffi::Error e = CorrelationGradShape(kOp, y_true, y_pred, mask, row_stats, &shape, &has_mask); e.failure()) {
+    return e;
   }
   FfiParallelFor parallel(&pool);
   return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
