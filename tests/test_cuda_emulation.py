@@ -15,10 +15,16 @@ grid-stride loops (a grid capped below the work), misaligned arrays (the
 scalar path), masks, and every dtype. Accumulation order differs from the
 CPU kernels, so floats are compared within reduction-order tolerances;
 structural results (zeros, exact ones, NaN rows) exactly.
+
+The GPU check kit's cases (tools/gpu_kit/cases.py: every op, dtype, label
+type and launch shape, edge lengths, misaligned arrays, B = 0, L = 1, rows
+without pairs, NaN and +-inf rows, determinism) run here too, on this
+emulation, through the harness tools/gpu_check.sh runs on a real GPU.
 """
 
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -588,3 +594,40 @@ def test_kernels_have_no_data_race_under_thread_sanitizer(emu):
     driver = run_under_tsan("tsan_driver")
     assert driver.returncode == 0, driver.stdout + driver.stderr[-5000:]
     assert "passed: 0 failure(s)" in driver.stdout
+
+
+# --------------------------------------------------------------------------
+# The GPU check kit's cases (tools/gpu_kit/cases.py) on this emulation
+# --------------------------------------------------------------------------
+# tools/gpu_check.sh runs these very cases through this very harness module,
+# built by nvcc, on a real GPU (and `--emulate` on this build): one set of
+# cases, one harness. Each case runs twice (equal bits), checks the launch
+# shape the planner chose and compares every output with the float64
+# references, NaN and +-inf included (docs/semantics.md).
+
+_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
+
+from gpu_kit import cases as kit_cases  # noqa: E402
+
+KIT_CASES = kit_cases.all_cases()
+
+
+def test_gpu_kit_cases_cover_what_the_kit_promises():
+    ops = {c.op for c in KIT_CASES}
+    assert ops == set(kit_cases.OPS)
+    assert {c.dtype for c in KIT_CASES} == {"float16", "bfloat16", "float32", "float64"}
+    assert {c.label_dtype for c in KIT_CASES if c.op == "bpmll_loss"} == set(kit_cases.nx.LABELS)
+    for op in ops:
+        assert {c.launch for c in KIT_CASES if c.op == op} == {WARP, BLOCK, PIECES}, op
+        assert {c.launch for c in kit_cases.select(KIT_CASES, tag="sanitize") if c.op == op} == {WARP, BLOCK, PIECES}
+    assert len(KIT_CASES) >= 40
+
+
+@pytest.mark.parametrize("case", KIT_CASES, ids=lambda c: c.name)
+def test_gpu_kit_case(emu, case):
+    result = kit_cases.run_case(emu, case)
+    assert result["launch"] == case.launch
+    assert result["deterministic"], "two runs gave different bits"
+    assert result["passed"], "\n".join(result["problems"])

@@ -1,21 +1,24 @@
-// Runs the ops' CUDA kernels under the emulation, on host arrays, through
-// the launchers' own planning and launch code (gpu::PlanRows, LaunchRows).
-// Used by the pybind11 module (emu_module.cc) and the ThreadSanitizer
-// driver (tsan_driver.cc).
+// The op wrappers of the CUDA emulation tests and of the GPU check kit
+// (tools/gpu_kit): each runs one op's kernels through the launchers' own
+// planning and launch code (gpu::PlanRowsFor, gpu::LaunchRows). One set of
+// wrappers, two builds:
+//  * the emulation (tests/cuda_emu/build.py): g++ compiles them against
+//    cuda_emulation.h, in one translation unit, and the pointers are host
+//    memory;
+//  * a real GPU (tools/gpu_kit/backends.py): nvcc compiles emu_ops_impl.h in
+//    several parts (tools/gpu_kit/kit_part.cu, TFL_EMU_SEPARATE_PARTS) and
+//    the pointers are device memory. The wrappers enqueue on the default
+//    stream and do not synchronise; emu_module.cc does.
+// Used by the pybind11 module (emu_module.cc) and the ThreadSanitizer driver
+// (tsan_driver.cc). This part includes no CUDA header, so that a host
+// compiler can build the module's own code against it.
 #ifndef TF_FUSED_LOSSES_TESTS_CUDA_EMU_EMU_OPS_H_
 #define TF_FUSED_LOSSES_TESTS_CUDA_EMU_EMU_OPS_H_
 
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
 #include <stdexcept>
 #include <string>
-
-#include "cuda_emulation.h"
-// Kernel headers after the emulation.
-#include "bpmll_grad_kernels.cuh"
-#include "bpmll_kernels.cuh"
-#include "correlation_kernels.cuh"
+#include <type_traits>
 
 namespace tfl_emu {
 
@@ -51,42 +54,19 @@ inline size_t SizeOf(Type t) {
   return 0;
 }
 
-// Calls f(T{}) with the device storage type for a float type t.
-template <class F>
-auto WithFloatType(Type t, F&& f) {
-  switch (t) {
-    case Type::kHalf:
-      return f(__half{});
-    case Type::kBfloat16:
-      return f(__nv_bfloat16{});
-    case Type::kFloat:
-      return f(float{});
-    case Type::kDouble:
-      return f(double{});
-    default:
-      throw std::invalid_argument("expected a float type");
-  }
-}
+// gpu::RowLaunchOptions, without the CUDA headers. max_grid 0: no cap.
+struct Options {
+  int multiprocessors = 1;
+  int64_t piece_length = 0;  // > 0: force pieces this long
+  int64_t max_grid = 0;
+};
 
-// Likewise for any label type.
-template <class F>
-auto WithType(Type t, F&& f) {
-  switch (t) {
-    case Type::kHalf:
-    case Type::kBfloat16:
-    case Type::kFloat:
-    case Type::kDouble:
-      return WithFloatType(t, f);
-    case Type::kInt32:
-      return f(int32_t{});
-    case Type::kInt64:
-      return f(int64_t{});
-    case Type::kUint8:
-      return f(uint8_t{});
-    case Type::kBool:
-      return f(bool{});
-  }
-  throw std::invalid_argument("bad type");
+inline Options MakeOptions(int multiprocessors, int64_t piece_length = 0, int64_t max_grid = 0) {
+  Options o;
+  o.multiprocessors = multiprocessors;
+  o.piece_length = piece_length;
+  o.max_grid = max_grid;
+  return o;
 }
 
 struct LaunchInfo {
@@ -96,74 +76,121 @@ struct LaunchInfo {
   int64_t piece_length;
 };
 
-// Emulated device scratch memory, aligned like TensorFlow's GPU allocations.
-struct Scratch {
-  explicit Scratch(int64_t bytes) : data(bytes > 0 ? std::aligned_alloc(256, (bytes + 255) / 256 * 256) : nullptr) {}
-  ~Scratch() { std::free(data); }
-  void* data;
+struct PlanInfo {
+  LaunchInfo launch;
+  int64_t scratch_bytes;
 };
 
-template <class Op>
-LaunchInfo RunRows(const Op& op, int64_t rows, int64_t row_length, const tf_fused_losses::gpu::RowLaunchOptions& options) {
-  using namespace tf_fused_losses::gpu;
-  const RowLaunchPlan plan = PlanRowsFor<Op>(rows, row_length, options);
-  Scratch scratch(plan.scratch_bytes);
-  const cudaError_t err = LaunchRows(op, plan, scratch.data, nullptr);
-  if (err != cudaSuccess) throw std::runtime_error(std::string("launch failed: ") + cudaGetErrorString(err));
-  return LaunchInfo{RowShapeName(plan.shape), plan.grid, plan.pieces_per_row, plan.piece_length};
+// One instantiation per storage type (pair); emu_ops_impl.h defines them.
+// y_true (rows, labels) of kLabel, y_pred of kType; writes loss (rows) and
+// grad (rows, labels) of kType.
+template <Type kType, Type kLabel>
+LaunchInfo BpmllAs(const void* y_true, const void* y_pred, void* loss, void* grad, int64_t rows, int64_t labels,
+                   const Options& options);
+// out (rows, labels) = scale (rows,) * in (rows, labels); out may be in.
+template <Type kType>
+LaunchInfo ScaleRowsAs(const void* scale, const void* in, void* out, int64_t rows, int64_t labels,
+                       const Options& options);
+// FusedCorrelationLoss: loss (rows, steps), row_stats (rows, 5) double.
+template <Type kType>
+LaunchInfo CorrelationForwardAs(const void* y_true, const void* y_pred, const bool* mask, float epsilon,
+                                bool concordance, void* loss, double* row_stats, int64_t rows, int64_t steps,
+                                const Options& options);
+// FusedCorrelationLossGrad: gradients (rows, steps); grad_y_true may be null
+// (compute_grad_y_true = false); grad_y_pred may be grad_loss.
+template <Type kType>
+LaunchInfo CorrelationBackwardAs(const void* grad_loss, const void* y_true, const void* y_pred, const bool* mask,
+                                 const double* row_stats, float epsilon, bool concordance, void* grad_y_true,
+                                 void* grad_y_pred, int64_t rows, int64_t steps, const Options& options);
+
+#if defined(TFL_EMU_SEPARATE_PARTS)
+// Defined by one part (tools/gpu_kit/kit_part.cu).
+PlanInfo Plan(int64_t rows, int64_t row_length, int64_t partial_bytes, const Options& options);
+#endif
+
+}  // namespace tfl_emu
+
+#if !defined(TFL_EMU_SEPARATE_PARTS)
+// The emulation: every wrapper in this translation unit.
+#include "emu_ops_impl.h"
+
+namespace tfl_emu {
+inline PlanInfo Plan(int64_t rows, int64_t row_length, int64_t partial_bytes, const Options& options) {
+  return PlanImpl(rows, row_length, partial_bytes, options);
+}
+}  // namespace tfl_emu
+#endif
+
+namespace tfl_emu {
+
+template <Type kType>
+using TypeTag = std::integral_constant<Type, kType>;
+
+// Calls f(TypeTag<t>{}) for a float type t.
+template <class F>
+auto WithFloatType(Type t, F&& f) {
+  switch (t) {
+    case Type::kHalf:
+      return f(TypeTag<Type::kHalf>{});
+    case Type::kBfloat16:
+      return f(TypeTag<Type::kBfloat16>{});
+    case Type::kFloat:
+      return f(TypeTag<Type::kFloat>{});
+    case Type::kDouble:
+      return f(TypeTag<Type::kDouble>{});
+    default:
+      throw std::invalid_argument("expected a float type");
+  }
 }
 
-// y_true (rows, labels) of label_type, y_pred of type; writes loss (rows)
-// and grad (rows, labels) of type.
+// Likewise for any label type.
+template <class F>
+auto WithType(Type t, F&& f) {
+  switch (t) {
+    case Type::kInt32:
+      return f(TypeTag<Type::kInt32>{});
+    case Type::kInt64:
+      return f(TypeTag<Type::kInt64>{});
+    case Type::kUint8:
+      return f(TypeTag<Type::kUint8>{});
+    case Type::kBool:
+      return f(TypeTag<Type::kBool>{});
+    default:
+      return WithFloatType(t, f);
+  }
+}
+
 inline LaunchInfo Bpmll(Type type, Type label_type, const void* y_true, const void* y_pred, void* loss, void* grad,
-                        int64_t rows, int64_t labels, const tf_fused_losses::gpu::RowLaunchOptions& options) {
+                        int64_t rows, int64_t labels, const Options& options) {
   return WithFloatType(type, [&](auto t) {
-    using T = decltype(t);
     return WithType(label_type, [&](auto l) {
-      using TLabel = decltype(l);
-      const auto op = tf_fused_losses::gpu::MakeBpmllRowOp(static_cast<const TLabel*>(y_true),
-                                                           static_cast<const T*>(y_pred), static_cast<T*>(loss),
-                                                           static_cast<T*>(grad));
-      return RunRows(op, rows, labels, options);
+      return BpmllAs<decltype(t)::value, decltype(l)::value>(y_true, y_pred, loss, grad, rows, labels, options);
     });
   });
 }
 
-// out (rows, labels) = scale (rows,) * in (rows, labels), all of type; out may be in.
 inline LaunchInfo ScaleRows(Type type, const void* scale, const void* in, void* out, int64_t rows, int64_t labels,
-                            const tf_fused_losses::gpu::RowLaunchOptions& options) {
-  return WithFloatType(type, [&](auto t) {
-    using T = decltype(t);
-    const auto op = tf_fused_losses::gpu::MakeScaleRowsOp(static_cast<const T*>(scale), static_cast<const T*>(in),
-                                                          static_cast<T*>(out));
-    return RunRows(op, rows, labels, options);
-  });
+                            const Options& options) {
+  return WithFloatType(
+      type, [&](auto t) { return ScaleRowsAs<decltype(t)::value>(scale, in, out, rows, labels, options); });
 }
 
-// FusedCorrelationLoss: loss (rows, steps) of type, row_stats (rows, 5) double.
 inline LaunchInfo CorrelationForward(Type type, const void* y_true, const void* y_pred, const bool* mask,
                                      float epsilon, bool concordance, void* loss, double* row_stats, int64_t rows,
-                                     int64_t steps, const tf_fused_losses::gpu::RowLaunchOptions& options) {
+                                     int64_t steps, const Options& options) {
   return WithFloatType(type, [&](auto t) {
-    using T = decltype(t);
-    const auto op = tf_fused_losses::gpu::MakeCorrelationForwardOp(
-        static_cast<const T*>(y_true), static_cast<const T*>(y_pred), mask, epsilon, concordance,
-        static_cast<T*>(loss), row_stats);
-    return RunRows(op, rows, steps, options);
+    return CorrelationForwardAs<decltype(t)::value>(y_true, y_pred, mask, epsilon, concordance, loss, row_stats, rows,
+                                                    steps, options);
   });
 }
 
-// FusedCorrelationLossGrad: gradients (rows, steps) of type.
 inline LaunchInfo CorrelationBackward(Type type, const void* grad_loss, const void* y_true, const void* y_pred,
                                       const bool* mask, const double* row_stats, float epsilon, bool concordance,
                                       void* grad_y_true, void* grad_y_pred, int64_t rows, int64_t steps,
-                                      const tf_fused_losses::gpu::RowLaunchOptions& options) {
+                                      const Options& options) {
   return WithFloatType(type, [&](auto t) {
-    using T = decltype(t);
-    const auto op = tf_fused_losses::gpu::MakeCorrelationBackwardOp(
-        static_cast<const T*>(grad_loss), static_cast<const T*>(y_true), static_cast<const T*>(y_pred), mask,
-        row_stats, epsilon, concordance, static_cast<T*>(grad_y_true), static_cast<T*>(grad_y_pred));
-    return RunRows(op, rows, steps, options);
+    return CorrelationBackwardAs<decltype(t)::value>(grad_loss, y_true, y_pred, mask, row_stats, epsilon, concordance,
+                                                     grad_y_true, grad_y_pred, rows, steps, options);
   });
 }
 

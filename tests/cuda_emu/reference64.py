@@ -25,7 +25,9 @@ def bpmll(y_true, y_pred):
 
     Rows without pairs (|Y| = 0 or |Ybar| = 0) give 0 and 0; a NaN logit
     or a label outside [0, 1] (NaN included) gives a NaN loss and NaN
-    gradient for its row (the GPU's convention; the CPU op raises)."""
+    gradient for its row (the GPU's convention; the CPU op raises). A row
+    with an infinite logit follows docs/semantics.md: P N / pairs and its
+    derivative in IEEE extended arithmetic (_bpmll_extended_row)."""
     y, c = _f64(y_true), _f64(y_pred)
     rows = c.shape[0]
     loss = np.zeros(rows)
@@ -39,6 +41,9 @@ def bpmll(y_true, y_pred):
         pairs = yi.sum() * (1 - yi).sum()
         if yi.sum() == 0 or (1 - yi).sum() == 0:
             continue
+        if np.isinf(ci).any():
+            loss[i], grad[i] = _bpmll_extended_row(yi, ci, pairs)
+            continue
         # Any common shift cancels in P N; it only keeps exp() in range.
         s = np.median(ci) if ci.size else 0.0
         p = np.sum(yi * np.exp(-(ci - s)))
@@ -46,6 +51,23 @@ def bpmll(y_true, y_pred):
         loss[i] = p * n / pairs
         grad[i] = (-yi * np.exp(-(ci - s)) * n + (1 - yi) * np.exp(ci - s) * p) / pairs
     return loss, grad
+
+
+def _bpmll_extended_row(y, c, pairs):
+    """A row with pairs and an infinite logit (no NaN), straight from the
+    definition in extended arithmetic: P = sum y e^{-c}, N = sum (1-y) e^{c},
+    e^{+inf} = inf, e^{-inf} = 0, 0 * inf = inf - inf = NaN, and a term of
+    weight 0 (y = 0 in P, y = 1 in N) exactly 0. Finite logits here must be
+    moderate (no overflow of e^{|c|})."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        e_pos, e_neg = np.exp(-c), np.exp(c)
+        pos = np.where(y != 0, y * e_pos, 0.0)
+        neg = np.where(y != 1, (1 - y) * e_neg, 0.0)
+        p, n = pos.sum(), neg.sum()
+        loss = p * n / pairs
+        up = np.where(y != 1, (1 - y) * e_neg * p, 0.0)
+        down = np.where(y != 0, y * e_pos * n, 0.0)
+        return loss, (up - down) / pairs
 
 
 # --------------------------------------------------------------------------
@@ -70,7 +92,10 @@ def correlation(y_true, y_pred, mask, concordance, epsilon=1e-7):
     a function g -> (d/dy_true, d/dy_pred) of sum_t g_t loss_t, in float64.
     x is y_pred, y is y_true. Degenerate rows follow correlation_math.h:
     no valid step: loss 0, gradient 0; Pearson with n < 2 or a constant
-    side: loss 1 on valid steps, gradient 0."""
+    side: loss 1 on valid steps, gradient 0. A NaN or +-inf in x or y at a
+    valid step makes the row's loss and both gradients NaN on its valid
+    steps (0 on masked ones) and its moments NaN (docs/semantics.md);
+    masked steps may hold anything."""
     y, x = _f64(y_true), _f64(y_pred)
     valid = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
     rows, steps = x.shape
@@ -83,6 +108,11 @@ def correlation(y_true, y_pred, mask, concordance, epsilon=1e-7):
         stats[i, 0] = n
         if n == 0:
             per_row.append(None)
+            continue
+        if not (np.isfinite(x[i][m]).all() and np.isfinite(y[i][m]).all()):
+            loss[i] = np.where(m, np.nan, 0.0)
+            stats[i, 1:] = np.nan
+            per_row.append(("nonfinite", m))
             continue
         mx, cx = _centred(x[i], m)
         my, cy = _centred(y[i], m)
@@ -104,6 +134,9 @@ def correlation(y_true, y_pred, mask, concordance, epsilon=1e-7):
         grad_y, grad_x = np.zeros(x.shape), np.zeros(x.shape)
         for i, row in enumerate(per_row):
             if row is None:
+                continue
+            if isinstance(row[0], str):  # ("nonfinite", mask)
+                grad_y[i] = grad_x[i] = np.where(row[1], np.nan, 0.0)
                 continue
             m, n, mx, my, cx, cy, vx, vy, d = row
             w = np.where(m, g[i], 0.0)

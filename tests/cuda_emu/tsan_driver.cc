@@ -13,7 +13,7 @@
 
 namespace {
 
-using tf_fused_losses::gpu::RowLaunchOptions;
+using RowLaunchOptions = tfl_emu::Options;
 
 int failures = 0;
 
@@ -32,10 +32,7 @@ bool Close(const std::vector<float>& a, const std::vector<float>& b, float tol) 
 }
 
 RowLaunchOptions Options(int64_t piece_length, int64_t max_grid = 0) {
-  RowLaunchOptions o;
-  o.piece_length = piece_length;
-  if (max_grid > 0) o.max_grid = max_grid;
-  return o;
+  return tfl_emu::MakeOptions(1, piece_length, max_grid);
 }
 
 void Bpmll(std::mt19937& rng, int64_t rows, int64_t labels) {
