@@ -284,14 +284,15 @@ def test_long_rows_in_pieces_match_float64_whatever_the_batch(rng):
 @pytest.mark.parametrize("dtype", FLOAT_TYPES)
 def test_piece_path_and_whole_row_path_agree_with_each_other_and_float64(rng, dtype):
     """The CPU op does a row whole on one thread, or cuts it into pieces of
-    32768 labels shared between threads. A row of 60000 labels (over 8192,
-    at most 65536) alone in its batch takes the piece path; the same row in
-    a batch of at least 2 rows per thread takes the whole-row path. Both
-    must match the float64 reference, and each other bit for bit (the path
-    depends on the shape alone, and the pieces merge in a fixed order)."""
+    32768 labels shared between threads, by the shape alone. A row of 60000
+    labels (over 8192, at most 65536) alone in its batch takes the piece
+    path; the same row in a batch of 16 rows or more takes the whole-row
+    path. Both must match the float64 reference, and, for these soft labels,
+    each other bit for bit (the pieces merge in a fixed order on both paths;
+    only hard-label whole rows take their gradient from stored terms)."""
     length = 60_000
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    rows = max(64, 2 * cpus)  # TensorFlow's default intra-op pool has a thread per CPU
+    rows = max(64, 2 * cpus)
     c = rng.normal(scale=2.0, size=(1, length)).astype(dtype)
     y = make_labels(rng, (1, length), "soft").astype(dtype)
     piece_loss, piece_grad = fused_loss_and_grad(y, c)

@@ -21,12 +21,16 @@ constexpr int64_t kChunk = kBpmllChunk;
 // A whole row is one task while its logits, labels and gradient fit in L2,
 // so the gradient loop rereads them from cache: one pass over memory.
 constexpr int64_t kWholeRowMax = 1 << 16;
-// Rows are reduced in pieces of this many elements, merged in piece order,
-// whichever way the work is scheduled: long rows are split into such pieces
-// (each read twice from memory, statistics then gradient, in two parallel
-// phases), and whole rows are reduced the same way so that both give equal
-// bits.
+// Rows are reduced in pieces of this many elements, merged in piece order:
+// long rows are split into such pieces (each read twice from memory,
+// statistics then gradient, in two parallel phases), and whole rows are
+// reduced the same way.
 constexpr int64_t kPiece = 1 << 15;
+// Whole rows need this many rows to keep a pool busy (or rows so short that
+// pieces would not pay). The choice depends on the shape alone, never on the
+// pool: whole rows take their gradient from stored terms, pieces do not, so
+// the path shows in the last bits and must not vary with the thread count.
+constexpr int64_t kWholeRowMinRows = 16;
 // Rough cost of one element in cycles, for the pool's sharding.
 constexpr int64_t kCyclesPerElement = 12;
 
@@ -89,13 +93,32 @@ class CpuBpmll {
   int64_t PieceBegin(int64_t k) const { return k * kPiece; }
   int64_t PieceEnd(int64_t k) const { return std::min(args_.labels, (k + 1) * kPiece); }
 
-  PieceStats Stats(int64_t row, int64_t begin, int64_t end) const {
+  // A whole row's chunks whose terms the statistics pass stored, so that
+  // the gradient pass scales them instead of evaluating exp again.
+  struct StoredTerms {
+    Acc* terms;  // the row's terms, kWholeRowMax at most
+    struct Chunk {
+      bool stored;
+      bool has_positive;
+      bool has_negative;
+      double guess;
+    };
+    Chunk chunks[kWholeRowMax / kChunk];
+  };
+
+  // terms: null, or where the terms of the row's chunks go (whole rows only).
+  PieceStats Stats(int64_t row, int64_t begin, int64_t end, StoredTerms* terms = nullptr) const {
     PieceStats out;
     const int64_t offset = row * args_.labels;
     for (int64_t start = begin; start < end; start += kChunk) {
       BpmllChunkLabels seen;
       const BpmllStats<Acc> chunk = ops_.stats(args_.y_pred + offset + start, args_.y_true + offset + start,
-                                               std::min(kChunk, end - start), &seen);
+                                               std::min(kChunk, end - start), &seen,
+                                               terms ? terms->terms + start : nullptr);
+      if (terms) {
+        terms->chunks[start / kChunk] = {seen.terms_stored, chunk.pos_count > 0.0, chunk.neg_count > 0.0,
+                                         seen.guess};
+      }
       out.stats = BpmllMerge(out.stats, chunk);
       out.soft = out.soft || seen.soft;
       if (seen.invalid) bad_->Note(row);
@@ -107,15 +130,23 @@ class CpuBpmll {
     return PieceStats{BpmllMerge(a.stats, b.stats), a.soft || b.soft};
   }
 
-  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft) const {
+  void Gradient(int64_t row, int64_t begin, int64_t end, const BpmllRowResult<Acc>& result, bool soft,
+                const StoredTerms* terms = nullptr) const {
     const int64_t offset = row * args_.labels;
     if (!result.has_pairs) {
       std::fill(args_.grad + offset + begin, args_.grad + offset + end, NoPairsGradient<T>(result.loss != result.loss));
       return;
     }
     for (int64_t start = begin; start < end; start += kChunk) {
-      ops_.gradient(result, args_.y_pred + offset + start, args_.y_true + offset + start,
-                    std::min(kChunk, end - start), soft, stream_, args_.grad + offset + start);
+      const int64_t n = std::min(kChunk, end - start);
+      Acc pos_factor, neg_factor;
+      if (terms && ScalesStoredTerms(result, terms->chunks[start / kChunk], &pos_factor, &neg_factor)) {
+        ops_.gradient_from_terms(terms->terms + start, args_.y_true + offset + start, n, pos_factor, neg_factor,
+                                 stream_, args_.grad + offset + start);
+      } else {
+        ops_.gradient(result, args_.y_pred + offset + start, args_.y_true + offset + start, n, soft, stream_,
+                      args_.grad + offset + start);
+      }
     }
   }
 
@@ -130,16 +161,42 @@ class CpuBpmll {
   }
 
   void WholeRows(int64_t first_row, int64_t last_row) const {
+    // Per thread, reused across calls: a fresh 256 KiB allocation per task
+    // would cost page faults.
+    thread_local std::vector<Acc> scratch;
+    scratch.resize(std::max<size_t>(scratch.size(), static_cast<size_t>(args_.labels)));
+    StoredTerms terms;
+    terms.terms = scratch.data();
     for (int64_t row = first_row; row < last_row; ++row) {
-      PieceStats total = Stats(row, PieceBegin(0), PieceEnd(0));
-      for (int64_t k = 1; k < PiecesPerRow(); ++k) total = Merge(total, Stats(row, PieceBegin(k), PieceEnd(k)));
+      PieceStats total = Stats(row, PieceBegin(0), PieceEnd(0), &terms);
+      for (int64_t k = 1; k < PiecesPerRow(); ++k) total = Merge(total, Stats(row, PieceBegin(k), PieceEnd(k), &terms));
       const BpmllRowResult<Acc> result = BpmllFinish(total.stats);
       StoreLoss(row, result.loss);
-      Gradient(row, 0, args_.labels, result, total.soft);
+      Gradient(row, 0, args_.labels, result, total.soft, &terms);
     }
   }
 
  private:
+  // The gradient of a chunk from its stored terms t_j (bpmll_cpu_chunks.h):
+  //   y_j = 1: -E e^{-c_j - pos_shift - pos_log_sum} = -E e^{-guess - pos_shift - pos_log_sum} * t_j
+  //   y_j = 0:  E e^{ c_j - neg_shift - neg_log_sum} =  E e^{ guess - neg_shift - neg_log_sum} * t_j
+  // The factors are taken in double. Since t_j lies within e^{+-60}, a factor
+  // within [1e-30, 1e30] keeps every product as exact as the direct form;
+  // otherwise (extended rows, NaN, an overflowing loss) the chunk takes the
+  // direct form.
+  static bool ScalesStoredTerms(const BpmllRowResult<Acc>& r, const typename StoredTerms::Chunk& chunk,
+                                Acc* pos_factor, Acc* neg_factor) {
+    if (!chunk.stored || r.extended) return false;
+    const double loss = static_cast<double>(r.loss);
+    const double pos = loss * std::exp(-chunk.guess - static_cast<double>(r.pos_shift) - r.pos_log_sum);
+    const double neg = loss * std::exp(chunk.guess - static_cast<double>(r.neg_shift) - r.neg_log_sum);
+    auto usable = [](double f) { return f >= 1e-30 && f <= 1e30; };
+    if ((chunk.has_positive && !usable(pos)) || (chunk.has_negative && !usable(neg))) return false;
+    *pos_factor = chunk.has_positive ? static_cast<Acc>(pos) : Acc(0);
+    *neg_factor = chunk.has_negative ? static_cast<Acc>(neg) : Acc(0);
+    return true;
+  }
+
   const BpmllLossArgs<T, TLabel>& args_;
   const Ops& ops_;
   const bool stream_;
@@ -157,7 +214,7 @@ BpmllBadLabel RunBpmllLossCpu(const BpmllLossArgs<T, TLabel>& args, const Parall
   Bpmll bpmll(args, &bad);
   if (rows == 0) return BpmllBadLabel{};
 
-  if (labels <= kWholeRowMax && (rows >= 2 * pool.NumThreads() || labels <= 4 * kChunk)) {
+  if (labels <= kWholeRowMax && (rows >= kWholeRowMinRows || labels <= 4 * kChunk)) {
     pool.Run(rows, std::max<int64_t>(labels, 1) * kCyclesPerElement,
              [&](int64_t first, int64_t last) { bpmll.WholeRows(first, last); });
   } else {

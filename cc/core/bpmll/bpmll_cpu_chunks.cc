@@ -64,8 +64,10 @@ void ShiftedSums(const Acc* logits, const Acc* labels, int64_t n, bool soft, boo
 // When that range is under 60 every term lies within e^{+-60} and no sum can
 // leave the type's range, which is the common case; otherwise, or for soft
 // labels, a second and third loop redo the sums around the exact maxima.
-template <typename Acc>
-BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels* labels_seen) {
+// kStoreTerms: also store each term in terms_out, for gradient_from_terms.
+template <typename Acc, bool kStoreTerms>
+BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, BpmllChunkLabels* labels_seen,
+                              Acc* terms_out) {
   const Acc inf = std::numeric_limits<Acc>::infinity();
   const Acc guess = logits[0];
   Acc pos_sum = 0, neg_sum = 0, logit_min = inf, logit_max = -inf, pos_count = 0, not_hard = 0;
@@ -76,6 +78,7 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
     logit_min = c < logit_min ? c : logit_min;
     logit_max = c > logit_max ? c : logit_max;
     Acc term = BpmllHardTerm(c, y, -guess, guess);
+    if constexpr (kStoreTerms) terms_out[i] = term;
     pos_sum += y != Acc(0) ? term : Acc(0);
     neg_sum += y != Acc(0) ? Acc(0) : term;
     pos_count += y;
@@ -86,6 +89,8 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
   }
   labels_seen->soft = false;
   labels_seen->invalid = false;
+  labels_seen->terms_stored = false;
+  labels_seen->guess = static_cast<double>(guess);
   if (not_hard != Acc(0)) {
     Acc soft_count = 0, invalid_count = 0;
 #pragma omp simd reduction(+ : soft_count, invalid_count)
@@ -119,6 +124,8 @@ BpmllStats<Acc> AccChunkStats(const Acc* logits, const Acc* labels, int64_t n, B
     stats.neg_shift = neg_shift;
     const bool infinite = std::isinf(logit_min) || std::isinf(logit_max);
     ShiftedSums(logits, labels, n, soft, infinite, pos_shift, neg_shift, &pos_sum, &neg_sum);
+  } else {
+    labels_seen->terms_stored = kStoreTerms;
   }
   if (stats.pos_count == 0.0) stats.pos_shift = -inf;
   if (stats.neg_count == 0.0) stats.neg_shift = -inf;
@@ -144,13 +151,15 @@ void AccChunkGradient(const BpmllRowResult<Acc>& row_in, const Acc* logits, cons
 
 template <typename Logit, typename Label>
 BpmllStats<typename AccumulatorOf<Logit>::type> ChunkStats(const Logit* logits, const Label* labels, int64_t n,
-                                                               BpmllChunkLabels* labels_seen) {
+                                                               BpmllChunkLabels* labels_seen,
+                                                               typename AccumulatorOf<Logit>::type* terms_out) {
   using Acc = typename AccumulatorOf<Logit>::type;
   alignas(64) Acc logit_buffer[std::is_same<Logit, Acc>::value ? 1 : kBpmllChunk];
   alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
   const Acc* acc_logits = AsAccumulator(logits, n, logit_buffer);
   const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
-  return AccChunkStats(acc_logits, acc_labels, n, labels_seen);
+  return terms_out ? AccChunkStats<Acc, true>(acc_logits, acc_labels, n, labels_seen, terms_out)
+                   : AccChunkStats<Acc, false>(acc_logits, acc_labels, n, labels_seen, nullptr);
 }
 
 template <typename Logit, typename Label>
@@ -169,6 +178,30 @@ void ChunkGradient(const BpmllRowResult<typename AccumulatorOf<Logit>::type>& ro
   } else {
     AccChunkGradient(row, acc_logits, acc_labels, n, soft, gradient_buffer);
     NarrowArray(gradient_buffer, n, out.data());
+  }
+  out.Finish(n);
+}
+
+template <typename Logit, typename Label>
+void GradientFromTerms(const typename AccumulatorOf<Logit>::type* terms, const Label* labels, int64_t n,
+                       typename AccumulatorOf<Logit>::type pos_factor, typename AccumulatorOf<Logit>::type neg_factor,
+                       bool stream, Logit* gradient_out) {
+  using Acc = typename AccumulatorOf<Logit>::type;
+  alignas(64) Acc label_buffer[std::is_same<Label, Acc>::value ? 1 : kBpmllChunk];
+  StreamedChunkOutput<Logit, kBpmllChunk> out(gradient_out, stream);
+  const Acc* acc_labels = AsAccumulator(labels, n, label_buffer);
+  Logit* target = out.data();
+  const Acc negated_pos_factor = -pos_factor;
+  if constexpr (std::is_same<Logit, Acc>::value) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) target[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
+  } else {
+    alignas(64) Acc gradient_buffer[kBpmllChunk];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      gradient_buffer[i] = (acc_labels[i] != Acc(0) ? negated_pos_factor : neg_factor) * terms[i];
+    }
+    NarrowArray(gradient_buffer, n, target);
   }
   out.Finish(n);
 }
@@ -201,7 +234,8 @@ void ScaleChunk(const Logit* in, const Logit* scale, int64_t n, Logit* out) {
 template <typename Logit, typename Label>
 const tf_fused_losses::BpmllChunkOps<Logit, Label>& BpmllChunkOps() {
   static const tf_fused_losses::BpmllChunkOps<Logit, Label> ops = {
-      TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Logit, Label>, &ChunkGradient<Logit, Label>};
+      TFL_STRINGIFY(TFL_CPU_ISA), &ChunkStats<Logit, Label>, &ChunkGradient<Logit, Label>,
+      &GradientFromTerms<Logit, Label>};
   return ops;
 }
 

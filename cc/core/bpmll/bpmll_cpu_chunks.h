@@ -19,16 +19,27 @@ constexpr int64_t kBpmllChunk = 2048;
 struct BpmllChunkLabels {
   bool soft;     // some 0 < y < 1: the two-exp path is needed
   bool invalid;  // some y outside [0, 1], or NaN
+  // Set when the stats call was given terms_out and stored the chunk's terms
+  // there: e^{guess - c_j} for y_j = 1, e^{c_j - guess} for y_j = 0, all
+  // within e^{+-60} (hard labels, logit range <= 60). The gradient pass can
+  // then scale them (gradient_from_terms) instead of evaluating exp again.
+  bool terms_stored;
+  double guess;
 };
 
 template <typename Logit, typename Label>
 struct BpmllChunkOps {
   using Acc = typename AccumulatorOf<Logit>::type;
   const char* isa;
-  BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen);
+  // terms_out: null, or room for n terms (see BpmllChunkLabels::terms_stored).
+  BpmllStats<Acc> (*stats)(const Logit* logits, const Label* labels, int64_t n, BpmllChunkLabels* labels_seen,
+                           Acc* terms_out);
   // stream: write gradient_out with streaming stores (kStreamStoreMinBytes).
   void (*gradient)(const BpmllRowResult<Acc>& row, const Logit* logits, const Label* labels, int64_t n, bool soft,
                    bool stream, Logit* gradient_out);
+  // gradient_out[j] = -pos_factor * terms[j] where y_j = 1, neg_factor * terms[j] where y_j = 0.
+  void (*gradient_from_terms)(const Acc* terms, const Label* labels, int64_t n, Acc pos_factor, Acc neg_factor,
+                              bool stream, Logit* gradient_out);
 };
 
 template <typename Logit>
