@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -10,6 +9,7 @@
 #include "bpmll_cpu_chunks.h"
 #include "bpmll_math.h"
 #include "cpu_half_types.h"
+#include "cpu_row_passes.h"
 #include "cpu_stream_store.h"
 
 namespace tf_fused_losses {
@@ -44,31 +44,15 @@ struct BadRow {
   }
 };
 
-template <typename T>
-double StorageAsDouble(T v) {
-  if constexpr (std::is_same<T, Float16Bits>::value || std::is_same<T, BFloat16Bits>::value) {
+// A label as double, for the bad-label report.
+template <typename TLabel>
+double LabelAsDouble(TLabel v) {
+  if constexpr (std::is_same<TLabel, Float16Bits>::value || std::is_same<TLabel, BFloat16Bits>::value) {
     float f;
-    if constexpr (std::is_same<T, Float16Bits>::value) {
-      HalfConvertOpsForThisCpu().widen_half(&v, 1, &f);
-    } else {
-      HalfConvertOpsForThisCpu().widen_bfloat16(&v, 1, &f);
-    }
+    WidenToAcc(&v, 1, &f);
     return f;
   } else {
     return static_cast<double>(v);
-  }
-}
-
-// A row's gradient when the row has no pairs: 0, or NaN where its loss is NaN
-// (a NaN logit; bpmll_math.h).
-template <typename T>
-T NoPairsGradient(bool nan) {
-  if constexpr (std::is_same<T, Float16Bits>::value) {
-    return Float16Bits{static_cast<uint16_t>(nan ? 0x7e00 : 0)};
-  } else if constexpr (std::is_same<T, BFloat16Bits>::value) {
-    return BFloat16Bits{static_cast<uint16_t>(nan ? 0x7fc0 : 0)};
-  } else {
-    return nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
   }
 }
 
@@ -134,7 +118,11 @@ class CpuBpmll {
                 const StoredTerms* terms = nullptr) const {
     const int64_t offset = row * args_.labels;
     if (!result.has_pairs) {
-      std::fill(args_.grad + offset + begin, args_.grad + offset + end, NoPairsGradient<T>(result.loss != result.loss));
+      // 0, or NaN after a NaN logit (bpmll_math.h): the loss times 0.
+      T gradient;
+      const Acc value = result.loss * Acc(0);
+      NarrowFromAcc(&value, 1, &gradient);
+      std::fill(args_.grad + offset + begin, args_.grad + offset + end, gradient);
       return;
     }
     for (int64_t start = begin; start < end; start += kChunk) {
@@ -150,15 +138,7 @@ class CpuBpmll {
     }
   }
 
-  void StoreLoss(int64_t row, Acc loss) const {
-    if constexpr (std::is_same<T, Float16Bits>::value) {
-      HalfConvertOpsForThisCpu().narrow_half(&loss, 1, args_.loss + row);
-    } else if constexpr (std::is_same<T, BFloat16Bits>::value) {
-      HalfConvertOpsForThisCpu().narrow_bfloat16(&loss, 1, args_.loss + row);
-    } else {
-      args_.loss[row] = static_cast<T>(loss);
-    }
-  }
+  void StoreLoss(int64_t row, Acc loss) const { NarrowFromAcc(&loss, 1, args_.loss + row); }
 
   void WholeRows(int64_t first_row, int64_t last_row) const {
     // Per thread, reused across calls: a fresh 256 KiB allocation per task
@@ -249,7 +229,7 @@ BpmllBadLabel RunBpmllLossCpu(const BpmllLossArgs<T, TLabel>& args, const Parall
   if (bad.row >= 0) {
     const TLabel* row_labels = args.y_true + bad.row * labels;
     for (int64_t j = 0; j < labels; ++j) {
-      const double v = StorageAsDouble(row_labels[j]);
+      const double v = LabelAsDouble(row_labels[j]);
       if (!(v >= 0.0 && v <= 1.0)) {  // NaN too
         report = BpmllBadLabel{bad.row, j, v};
         break;

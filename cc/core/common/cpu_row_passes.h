@@ -27,9 +27,32 @@ constexpr int64_t kCpuChunk = 2048;
 // Elements per piece of a long row.
 constexpr int64_t kCpuPiece = 1 << 15;
 
+// n elements of a T array as the accumulation type Acc, and back: 16-bit
+// inputs through the per-ISA array conversions (cpu_half_types.h), the rest
+// by a cast.
+template <typename Acc, typename T>
+void WidenToAcc(const T* in, int64_t n, Acc* out) {
+  if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
+    HalfConvertOpsForThisCpu().widen_half(in, n, out);
+  } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
+    HalfConvertOpsForThisCpu().widen_bfloat16(in, n, out);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(in[i]);
+  }
+}
+template <typename Acc, typename T>
+void NarrowFromAcc(const Acc* in, int64_t n, T* out) {
+  if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
+    HalfConvertOpsForThisCpu().narrow_half(in, n, out);
+  } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
+    HalfConvertOpsForThisCpu().narrow_bfloat16(in, n, out);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
+  }
+}
+
 // A chunk of a T array as the accumulation type Acc: the array itself when
-// the types agree, else a converted copy (16-bit inputs, converted by the
-// per-ISA code: cpu_half_types.h).
+// the types agree, else a converted copy.
 template <typename Acc, typename T>
 class AccChunk {
  public:
@@ -39,7 +62,7 @@ class AccChunk {
     if constexpr (kSame) {
       return data;
     } else {
-      Widen(data, n, buffer_);
+      WidenToAcc(data, n, buffer_);
       return buffer_;
     }
   }
@@ -52,29 +75,10 @@ class AccChunk {
     }
   }
   void Write(T* data, int64_t n) {
-    if constexpr (!kSame) Narrow(buffer_, n, data);
+    if constexpr (!kSame) NarrowFromAcc(buffer_, n, data);
   }
 
  private:
-  static void Widen(const T* in, int64_t n, Acc* out) {
-    if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
-      HalfConvertOpsForThisCpu().widen_half(reinterpret_cast<const Float16Bits*>(in), n, out);
-    } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
-      HalfConvertOpsForThisCpu().widen_bfloat16(reinterpret_cast<const BFloat16Bits*>(in), n, out);
-    } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(in[i]);
-    }
-  }
-  static void Narrow(const Acc* in, int64_t n, T* out) {
-    if constexpr (std::is_same<T, Float16Bits>::value && std::is_same<Acc, float>::value) {
-      HalfConvertOpsForThisCpu().narrow_half(in, n, reinterpret_cast<Float16Bits*>(out));
-    } else if constexpr (std::is_same<T, BFloat16Bits>::value && std::is_same<Acc, float>::value) {
-      HalfConvertOpsForThisCpu().narrow_bfloat16(in, n, reinterpret_cast<BFloat16Bits*>(out));
-    } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
-    }
-  }
-
   Acc buffer_[kSame ? 1 : kCpuChunk];
 };
 

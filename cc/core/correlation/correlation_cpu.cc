@@ -1,7 +1,6 @@
 #include "correlation_cpu.h"
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 
 #include "correlation_cpu_chunks.h"
@@ -23,13 +22,6 @@ constexpr int64_t kLossCyclesPerElement = 4;
 constexpr int64_t kGradWholeRowMax = 1 << 17;
 constexpr int64_t kGradCyclesPerElement = 6;
 static_assert(kCpuChunk <= kCorrelationChunk, "the chunk ops take at most kCorrelationChunk elements");
-
-template <typename T>
-T ZeroOf() {
-  T zero;
-  std::memset(&zero, 0, sizeof(zero));
-  return zero;
-}
 
 }  // namespace
 
@@ -101,9 +93,9 @@ if (args.rows == 0 || args.steps == 0) return;
   };
   auto write_gradients = [&](int64_t row, int64_t begin, int64_t end, const CorrelationGradCoeffs<Acc>& coeffs) {
     if (!row_of(row).has_gradient) {
-      std::fill(args.grad_y_pred + row * steps + begin, args.grad_y_pred + row * steps + end, ZeroOf<T>());
+      std::fill(args.grad_y_pred + row * steps + begin, args.grad_y_pred + row * steps + end, T{});
       if (args.grad_y_true) {
-        std::fill(args.grad_y_true + row * steps + begin, args.grad_y_true + row * steps + end, ZeroOf<T>());
+        std::fill(args.grad_y_true + row * steps + begin, args.grad_y_true + row * steps + end, T{});
       }
       return;
     }
