@@ -11,6 +11,8 @@
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/core/framework/kernel_def.pb.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_def.pb.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "xla/ffi/api/ffi.h"
 #include "xla/hlo/builder/xla_builder.h"
@@ -195,23 +197,21 @@ tensorflow::OpKernel* CreateLowering(tensorflow::OpKernelConstruction* ctx) {
   return new Lowering(ctx);
 }
 
-void AddTypeConstraint(tensorflow::KernelDef* def, const char* attr, std::initializer_list<tensorflow::DataType> types) {
-  tensorflow::KernelDef::AttrConstraint* constraint = def->add_constraint();
-  constraint->set_name(attr);
-  for (tensorflow::DataType type : types) constraint->mutable_allowed_values()->mutable_list()->add_type(type);
-}
-
-void RegisterLate(const std::string& device, const char* op, bool has_labels,
+// A kernel of `device` for `op`, with the op's own type constraints.
+void RegisterLate(const std::string& device, const char* op,
                   tensorflow::OpKernel* (*create)(tensorflow::OpKernelConstruction*)) {
-  using namespace tensorflow;  // the DT_ enumerators
-  auto* def = new KernelDef();  // owned by the registry for the life of the process
+  const tensorflow::OpDef* op_def = nullptr;
+  if (!tensorflow::OpRegistry::Global()->LookUpOpDef(op, &op_def).ok()) return;
+  auto* def = new tensorflow::KernelDef();  // owned by the registry for the life of the process
   def->set_op(op);
   def->set_device_type(device);
-  AddTypeConstraint(def, "T", {DT_HALF, DT_BFLOAT16, DT_FLOAT, DT_DOUBLE});
-  if (has_labels) {
-    AddTypeConstraint(def, "Tlabel", {DT_HALF, DT_BFLOAT16, DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64, DT_UINT8, DT_BOOL});
+  for (const tensorflow::OpDef::AttrDef& attr : op_def->attr()) {
+    if (attr.type() != "type" || !attr.has_allowed_values()) continue;
+    tensorflow::KernelDef::AttrConstraint* constraint = def->add_constraint();
+    constraint->set_name(attr.name());
+    *constraint->mutable_allowed_values() = attr.allowed_values();
   }
-  new kernel_factory::OpKernelRegistrar(def, "XlaJitOp", create);
+  new tensorflow::kernel_factory::OpKernelRegistrar(def, "XlaJitOp", create);
 }
 
 const bool kLateRegistration = [] {
@@ -222,10 +222,10 @@ const bool kLateRegistration = [] {
   for (absl::string_view device_name : kXlaDevices) {
     const std::string device(device_name);
     if (!tensorflow::XlaOpRegistry::IsBackendRegistered(device)) continue;
-    RegisterLate(device, "FusedBpmllLoss", true, &CreateLowering<BpmllLossLowering>);
-    RegisterLate(device, "FusedBpmllLossGrad", false, &CreateLowering<BpmllLossGradLowering>);
-    RegisterLate(device, "FusedCorrelationLoss", false, &CreateLowering<CorrelationLossLowering>);
-    RegisterLate(device, "FusedCorrelationLossGrad", false, &CreateLowering<CorrelationLossGradLowering>);
+    RegisterLate(device, "FusedBpmllLoss", &CreateLowering<BpmllLossLowering>);
+    RegisterLate(device, "FusedBpmllLossGrad", &CreateLowering<BpmllLossGradLowering>);
+    RegisterLate(device, "FusedCorrelationLoss", &CreateLowering<CorrelationLossLowering>);
+    RegisterLate(device, "FusedCorrelationLossGrad", &CreateLowering<CorrelationLossGradLowering>);
   }
   return true;
 }();
