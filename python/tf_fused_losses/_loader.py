@@ -48,16 +48,21 @@ def _cpu_isa_query(function):
     return query().decode()
 
 
-def _check_cpu_isa_cap():
-    """Refuses a TFL_CPU_ISA that names no ISA build, or one this CPU cannot run."""
+def _check_cpu_isa_name():
+    """Refuses a TFL_CPU_ISA that names no ISA build (before anything loads)."""
     cap = os.environ.get(CPU_ISA_ENV, "")
-    if not cap:
-        return
-    if cap not in CPU_ISAS:
+    if cap and cap not in CPU_ISAS:
         raise RuntimeError(
             f"{CPU_ISA_ENV}={cap!r} is not an ISA build of tf_fused_losses; allowed values: {', '.join(CPU_ISAS)} "
             f"(or unset it to use the best this CPU runs)."
         )
+
+
+def _check_cpu_isa_supported():
+    """Refuses a TFL_CPU_ISA above what this CPU runs (the library must be loaded)."""
+    cap = os.environ.get(CPU_ISA_ENV, "")
+    if not cap:
+        return
     supported = _cpu_isa_query("tfl_cpu_isa_supported")
     if CPU_ISAS.index(cap) > CPU_ISAS.index(supported):
         raise RuntimeError(
@@ -101,8 +106,7 @@ def ops():
     with _lock:
         if _library is not None:
             return _library
-        if os.environ.get(CPU_ISA_ENV, "") not in ("",) + CPU_ISAS:
-            _check_cpu_isa_cap()  # raises before anything is loaded
+        _check_cpu_isa_name()
         built_for = build_info().get("tensorflow")
         if built_for and _minor(built_for) != _minor(tf.__version__):
             raise RuntimeError(
@@ -124,6 +128,6 @@ def ops():
                 f"Could not load {path}, built for TensorFlow {built_for or 'unknown'}, into TensorFlow "
                 f"{tf.__version__}: {e}. {_fallback_hint()}"
             ) from e
-        _check_cpu_isa_cap()
+        _check_cpu_isa_supported()
         _library = library
         return _library
