@@ -1,8 +1,6 @@
 // The CUDA FFI handlers: thin bindings of the row kernels of cuda/ on the
 // stream XLA gives the call, with scratch from the FFI's allocator and no
 // host synchronisation.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <string>
@@ -12,6 +10,7 @@
 #include "bpmll_kernels.cuh"
 #include "correlation_kernels.cuh"
 #include "correlation_math.h"
+#include "device_types.cuh"
 #include "ffi_common.h"
 #include "ffi_handlers.h"
 #include "row_kernels.cuh"
@@ -20,27 +19,13 @@ namespace tf_fused_losses {
 namespace ffi_frontend {
 namespace {
 
-// Storage type -> the CUDA type of the same bits.
 template <typename T>
-struct CudaTypeOf {
-  using type = T;
-};
-template <>
-struct CudaTypeOf<Float16Bits> {
-  using type = __half;
-};
-template <>
-struct CudaTypeOf<BFloat16Bits> {
-  using type = __nv_bfloat16;
-};
-
-template <typename T>
-const typename CudaTypeOf<T>::type* In(const ffi::AnyBuffer& b) {
-  return static_cast<const typename CudaTypeOf<T>::type*>(b.untyped_data());
+const CudaType<T>* In(const ffi::AnyBuffer& b) {
+  return static_cast<const CudaType<T>*>(b.untyped_data());
 }
 template <typename T>
-typename CudaTypeOf<T>::type* Out(ffi::Result<ffi::AnyBuffer>& b) {
-  return static_cast<typename CudaTypeOf<T>::type*>(b->untyped_data());
+CudaType<T>* Out(ffi::Result<ffi::AnyBuffer>& b) {
+  return static_cast<CudaType<T>*>(b->untyped_data());
 }
 
 int Multiprocessors() {

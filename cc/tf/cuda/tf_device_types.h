@@ -4,34 +4,20 @@
 #ifndef TF_FUSED_LOSSES_CUDA_TF_DEVICE_TYPES_H_
 #define TF_FUSED_LOSSES_CUDA_TF_DEVICE_TYPES_H_
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "cpu_half_types.h"
+#include "device_types.cuh"
 
 namespace Eigen {
 struct GpuDevice;
-struct half;
-struct bfloat16;
 }  // namespace Eigen
 
 namespace tf_fused_losses {
 
 using GPUDevice = Eigen::GpuDevice;
 
+// Eigen::half -> Float16Bits -> __half.
 template <typename T>
-struct DeviceTypeOf {
-  using type = T;
-};
-template <>
-struct DeviceTypeOf<Eigen::half> {
-  using type = __half;
-};
-template <>
-struct DeviceTypeOf<Eigen::bfloat16> {
-  using type = __nv_bfloat16;
-};
-
-template <typename T>
-using DeviceType = typename DeviceTypeOf<T>::type;
+using DeviceType = CudaType<typename ChunkTypeOf<T>::type>;
 
 template <typename T>
 const DeviceType<T>* ToDevice(const T* p) {
