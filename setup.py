@@ -1,9 +1,15 @@
-"""Builds the op library with CMake against the TensorFlow in the build environment.
+"""Builds the libraries with CMake: the TF-free core (with the XLA FFI handlers
+that JAX calls) and one TensorFlow frontend per TensorFlow found.
+
+The wheel declares no TensorFlow: the loader checks the installed one at
+import (extras: [cpu], [gpu], [jax]).
 
 Environment knobs:
+  TFL_TF_PYTHONS=a:b:…      Python interpreters, each with a TensorFlow: one frontend
+                            per TF minor (`make wheel` passes one per supported
+                            minor). Default: this Python, if it has TensorFlow.
   TFL_CUDA=auto|on|off      compile cuda/ (auto: when nvcc is found)
   TFL_CUDA_ARCHS="75;80;…"  CMAKE_CUDA_ARCHITECTURES (default: see cuda/CMakeLists.txt)
-  TFL_TF_REQUIREMENT=…      override the TensorFlow requirement written to the wheel
   TFL_BUILD_DIR=…           CMake build directory (default: build/cmake)
   TFL_JOBS=N                parallel compile jobs
 """
@@ -18,7 +24,6 @@ import sys
 import warnings
 from email.generator import Generator
 from email.parser import Parser
-from importlib import metadata
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -32,7 +37,6 @@ except ImportError:  # setuptools < 70.1 still takes it from the wheel package
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "tf_fused_losses"
-LIBRARY = "libtf_fused_losses.so"
 
 
 def read_version():
@@ -40,19 +44,13 @@ def read_version():
         return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 
-def tensorflow_requirement():
-    """Pins the TensorFlow minor this build links against, under the
-    distribution name found at build time (tensorflow or tensorflow-cpu)."""
-    if os.environ.get("TFL_TF_REQUIREMENT"):
-        return os.environ["TFL_TF_REQUIREMENT"]
-    for dist in ("tensorflow", "tensorflow-cpu"):
-        try:
-            version = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        major, minor = (int(x) for x in version.split(".")[:2])
-        return f"{dist}>={major}.{minor},<{major}.{minor + 1}"
-    raise RuntimeError("Building tf-fused-losses needs tensorflow or tensorflow-cpu installed in the build environment.")
+# Supported TensorFlow minors (python/tf_fused_losses/_loader.py SUPPORTED_TF).
+TF_RANGE = ">=2.16,<2.22"
+EXTRAS = {
+    "cpu": [f"tensorflow-cpu{TF_RANGE}"],
+    "gpu": [f"tensorflow[and-cuda]{TF_RANGE}"],
+    "jax": ["jax>=0.5", "keras>=3.8"],
+}
 
 
 class CMakeExtension(Extension):
@@ -71,23 +69,28 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DTFL_CUDA={os.environ.get('TFL_CUDA', 'auto')}",
         ]
+        tf_pythons = [p for p in os.environ.get("TFL_TF_PYTHONS", "").split(os.pathsep) if p]
+        if tf_pythons:
+            config.append("-DTFL_TF_PYTHONS=" + ";".join(tf_pythons))
         if os.environ.get("TFL_CUDA_ARCHS"):
             config.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['TFL_CUDA_ARCHS']}")
         subprocess.check_call(config, cwd=build_dir)
         jobs = os.environ.get("TFL_JOBS", str(os.cpu_count() or 2))
         subprocess.check_call(["cmake", "--build", build_dir, "--target", "tf_fused_losses", "-j", jobs])
-        out_dir = os.path.join(os.path.abspath(self.build_lib), PACKAGE)
-        os.makedirs(out_dir, exist_ok=True)
-        shutil.copy2(os.path.join(build_dir, LIBRARY), os.path.join(out_dir, LIBRARY))
-        shutil.copy2(os.path.join(build_dir, "build_info.json"), os.path.join(out_dir, "build_info.json"))
+        out_dir = os.path.join(os.path.abspath(self.build_lib), PACKAGE, "lib")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(os.path.join(build_dir, "lib"), out_dir, symlinks=False)
 
     def get_outputs(self):
-        return [os.path.join(self.build_lib, PACKAGE, LIBRARY)]
+        out_dir = os.path.join(self.build_lib, PACKAGE, "lib")
+        return [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files]
 
 
 def describe_build(info):
-    """One sentence naming what the op library was built for, from its build_info.json."""
-    text = f"Op library built against TensorFlow {info.get('tensorflow', 'unknown')}"
+    """One sentence naming what the libraries were built for, from build_info.json."""
+    builds = info.get("tensorflow_builds") or {}
+    tf_text = ", ".join(b["version"] for b in builds.values()) or "no TensorFlow (JAX only)"
+    text = f"Op libraries for TensorFlow {tf_text}; XLA FFI handlers (API {info.get('xla_ffi_api')})"
     if info.get("cuda"):
         archs = ", ".join(str(arch) for arch in info.get("cuda_archs") or []) or "the toolkit's default archs"
         return f"{text}, with CUDA {info['cuda']} kernels for {archs}."
@@ -95,7 +98,7 @@ def describe_build(info):
 
 
 def build_keywords(info):
-    words = [f"tensorflow-{info.get('tensorflow', 'unknown')}"]
+    words = [f"tensorflow-{b['version']}" for b in (info.get("tensorflow_builds") or {}).values()]
     if info.get("cuda"):
         words.append(f"cuda-{info['cuda']}")
         words.extend(str(arch) for arch in info.get("cuda_archs") or [])
@@ -122,7 +125,7 @@ class AnyCPythonWheel(bdist_wheel):
         # Called once the library is built and installed into bdist_dir, with the
         # wheel's .dist-info directory (pip's earlier metadata step never gets here).
         super().write_wheelfile(wheelfile_base, *args, **kwargs)
-        with open(os.path.join(self.bdist_dir, PACKAGE, "build_info.json")) as f:
+        with open(os.path.join(self.bdist_dir, PACKAGE, "lib", "build_info.json")) as f:
             info = json.load(f)
         metadata_path = os.path.join(wheelfile_base, "METADATA")
         policy = email.policy.EmailPolicy(utf8=True, mangle_from_=False, max_line_length=0)
@@ -141,17 +144,20 @@ class AnyCPythonWheel(bdist_wheel):
 setup(
     name="tf-fused-losses",
     version=read_version(),
-    description="Fused CPU/CUDA TensorFlow ops for the BP-MLL ranking loss and correlation/CCC losses",
+    description="Fused CPU/CUDA kernels for the BP-MLL ranking loss and correlation/CCC losses: TensorFlow ops, XLA FFI handlers, Keras losses on TensorFlow, JAX and PyTorch",
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    keywords=["tensorflow", "custom-op", "loss", "bp-mll", "pearson-correlation", "ccc"],
+    keywords=["tensorflow", "jax", "keras", "custom-op", "xla-ffi", "loss", "bp-mll", "pearson-correlation", "ccc"],
     package_dir={"": "python"},
     packages=[PACKAGE],
     ext_modules=[CMakeExtension()],
     cmdclass={"build_ext": CMakeBuild, "bdist_wheel": AnyCPythonWheel},
-    # TensorFlow 2.21 ships wheels for CPython 3.10-3.13.
-    python_requires=">=3.10",
-    install_requires=[tensorflow_requirement()],
+    # TensorFlow 2.16-2.21 ship wheels for CPython 3.9-3.13 between them.
+    python_requires=">=3.9",
+    # No TensorFlow here: a second TF distribution beside the user's would
+    # share one tensorflow/ directory. The loader checks the version at import.
+    install_requires=["numpy"],
+    extras_require=EXTRAS,
     zip_safe=False,
 )

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import tf_fused_losses as tfl
 from tf_fused_losses import reference
+from helpers import xla_lowerings_built
 
 KINDS = {
     "pearson": (tfl.correlation_loss, reference.correlation_loss, reference.correlation_loss_pure_tf),
@@ -554,7 +555,7 @@ def test_pure_tf_and_xla_paths_match_the_op(rng, monkeypatch, kind, dtype, path)
     rtol = 1e-10 if dtype == np.float64 else 1e-4
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
-        if path == "xla":  # the same kernels as XLA custom calls: the same bits
+        if path == "xla" and xla_lowerings_built():  # the same kernels as XLA custom calls: the same bits
             np.testing.assert_array_equal(g, w)
         else:
             assert_close_scaled(g, w, rtol)

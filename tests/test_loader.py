@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -19,14 +20,40 @@ def unloaded(monkeypatch):
     monkeypatch.setattr(_loader, "_library", None)
 
 
-def test_version_mismatch_names_both_versions(unloaded, monkeypatch):
-    monkeypatch.setattr(_loader, "build_info", lambda: {"tensorflow": "2.99.1"})
+def test_unsupported_tensorflow_names_versions_and_ways_out(unloaded, monkeypatch):
+    monkeypatch.setattr(_loader, "_builds", lambda: {"2.98": {"version": "2.98.0", "xla": True}, "2.99": {"version": "2.99.1", "xla": True}})
     with pytest.raises(RuntimeError) as err:
         _loader.ops()
     message = str(err.value)
-    assert "built for TensorFlow 2.99.1" in message
     assert f"TensorFlow {tf.__version__} is installed" in message
+    assert "TensorFlow 2.98, 2.99 only" in message
+    assert f"support {_loader.SUPPORTED_TF[0]}-{_loader.SUPPORTED_TF[-1]}" in message
+    assert "--no-build-isolation" in message
     assert _loader.PURE_TF_ENV in message
+
+
+def test_build_info_lists_every_frontend_and_the_one_for_this_tensorflow():
+    info = tfl.build_info()
+    minor = ".".join(tf.__version__.split(".")[:2])
+    assert minor in info["tensorflow_builds"]
+    assert info["tensorflow_library"] == _loader.tf_library_path(minor)
+    assert os.path.exists(info["tensorflow_library"]) and os.path.exists(_loader.core_library_path())
+    assert info["xla"] == info["tensorflow_builds"][minor]["xla"]
+    assert info["xla_ffi_api"].count(".") == 1
+
+
+def test_jit_compile_runs_where_the_frontend_has_no_xla_lowerings():
+    """TF 2.16 ships no XLA FFI headers: its frontend has no lowerings, and
+    inside XLA the losses take the pure path. Elsewhere the lowerings run
+    (tests/test_xla.py)."""
+    tfl.load_ops()
+    if tfl.build_info()["xla"]:
+        pytest.skip(f"TensorFlow {tf.__version__}'s frontend has XLA lowerings: tests/test_xla.py covers jit_compile")
+    y = tf.constant([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    c = tf.constant([[0.5, -1.0, 2.0], [3.0, 1.0, -2.0]])
+    eager = tfl.bpmll_loss(y, c)
+    jitted = tf.function(tfl.bpmll_loss, jit_compile=True)(y, c)
+    np.testing.assert_allclose(jitted.numpy(), eager.numpy(), rtol=1e-6)
 
 
 def test_missing_library_says_what_is_missing(unloaded, monkeypatch, tmp_path):

@@ -217,3 +217,12 @@ def cpu_isa_level():
     if _X86_64_V4 <= flags:
         return "avx512"
     return "avx2" if _X86_64_V3 <= flags else "baseline"
+
+
+def xla_lowerings_built():
+    """Whether the TF frontend for the installed TensorFlow has the tf2xla
+    lowerings (TF 2.16 ships no XLA FFI headers: there jit_compile takes the
+    pure path)."""
+    import tf_fused_losses as tfl
+
+    return bool(tfl.build_info().get("xla", True))
