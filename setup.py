@@ -69,9 +69,9 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DTFL_CUDA={os.environ.get('TFL_CUDA', 'auto')}",
         ]
+        # Always passed, so that a reused build directory forgets the last set.
         tf_pythons = [p for p in os.environ.get("TFL_TF_PYTHONS", "").split(os.pathsep) if p]
-        if tf_pythons:
-            config.append("-DTFL_TF_PYTHONS=" + ";".join(tf_pythons))
+        config.append("-DTFL_TF_PYTHONS=" + ";".join(tf_pythons))
         if os.environ.get("TFL_CUDA_ARCHS"):
             config.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['TFL_CUDA_ARCHS']}")
         subprocess.check_call(config, cwd=build_dir)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The JAX-only user: a fresh venv with jax[cpu], keras and numpy and no
+# TensorFlow, `pip install .` from this checkout (an isolated build: the
+# backend builds the TF-free core against the installed jaxlib's XLA FFI
+# headers), then the functional and Keras-level tests on KERAS_BACKEND=jax
+# from a copy of the tests, so that the installed package is the one imported.
+#
+#   tools/check_jax_env.sh        (TFL_CUDA=off by default here: CI compiles the
+#                                  CUDA handlers in `make test` already)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d -t tfl-jax-env.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+started=$SECONDS
+log() { printf '==> [%4ds] %s\n' $((SECONDS - started)) "$*" >&2; }
+# pip without this machine's warnings about configured index folders that do not exist.
+pip_in() { "$1/bin/pip" "${@:2}" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+tests=(tests/test_jax_ops.py tests/test_keras_ops_path.py tests/test_backends.py)
+
+venv=$work/venv
+log "fresh venv: jax[cpu], keras, numpy (no TensorFlow)"
+python3 -m venv "$venv"
+pip_in "$venv" install -q --upgrade pip
+pip_in "$venv" install -q "jax[cpu]" keras numpy pytest hypothesis scipy
+log "pip install $root (isolated build, TFL_CUDA=${TFL_CUDA:-off})"
+TFL_CUDA=${TFL_CUDA:-off} TFL_BUILD_DIR=$work/cmake pip_in "$venv" install -q "$root"
+if "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)"; then
+    echo "TensorFlow got installed into the JAX-only venv" >&2
+    exit 1
+fi
+"$venv/bin/pip" list 2>/dev/null | grep -iE "^(jax|jaxlib|keras|tf-fused-losses) "
+
+mkdir -p "$work/tree"
+tar -C "$root" -c tests pyproject.toml | tar -C "$work/tree" -x
+log "tests on KERAS_BACKEND=jax: ${tests[*]}"
+(cd "$work/tree" && KERAS_BACKEND=jax "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}")
+
+# PyPI's torch wheels for Linux pull about 2.5 GB of CUDA libraries (the CPU
+# wheels are on download.pytorch.org, which CI here cannot reach): the torch
+# backend is not run in CI.
+log "torch backend: skipped (PyPI's Linux torch brings ~2.5 GB of CUDA wheels; CPU wheels are not on PyPI)"
+log "done"
