@@ -162,8 +162,15 @@ TFL_HD BpmllRowResult<Acc> BpmllFinish(const BpmllStats<Acc>& s) {
     r.loss = exp(shift + r.pos_log_sum + r.neg_log_sum - r.log_pairs);
   }
   // A loss past the type's range: E * e^{...} would multiply inf by terms
-  // that the direct form keeps finite.
-  r.extended = r.extended || IsInfinite(r.loss);
+  // that the direct form keeps finite. A loss above 2^24: a term e^{...}
+  // below the smallest normal number flushes to 0, though E times it may be
+  // well inside the range (float32: y = [1, 0, 0], c = [-40, 40, -49] has
+  // gradient 6.2e-5 at the third label); the direct form computes each
+  // element in one exponential, and what it can still lose is below
+  // 2^24 times the smallest normal. Such losses come only from logits tens
+  // apart on the wrong side, so the second exp per element costs nothing in
+  // training.
+  r.extended = r.extended || IsInfinite(r.loss) || r.loss > Acc(16777216);
   return r;
 }
 
@@ -219,7 +226,13 @@ TFL_HD Acc BpmllExtendedGradient(const BpmllRowResult<Acc>& r, Acc c, Acc y) {
   if (y == Acc(1)) return -exp(down);
   const Acc a = up + log(Acc(1) - y);
   const Acc b = down + log(y);
-  if (IsInfinite(a) || IsInfinite(b) || !(a == a && b == b)) return exp(a) - exp(b);
+  if (!(a == a && b == b)) return exp(a) - exp(b);  // NaN
+  if (IsInfinite(a) || IsInfinite(b)) {
+    // The infinite side decides, also where e^ of the finite one overflows
+    // (+inf - e^800 is +inf, not inf - inf); +inf on both sides is NaN.
+    if (a == b) return exp(a) - exp(b);
+    return a > b ? (IsInfinite(a) ? a : exp(a)) : (IsInfinite(b) ? -b : -exp(b));
+  }
   const Acc high = a > b ? a : b;
   const Acc gap = a > b ? b - a : a - b;  // <= 0
   return (a >= b ? Acc(1) : Acc(-1)) * exp(high + log(-expm1(gap)));

@@ -1,0 +1,553 @@
+"""The losses on JAX arrays: the typed-FFI handlers of cc/xla/ffi_handlers.h,
+the ones TensorFlow's XLA lowering calls, registered with jaxlib's XLA and
+called through `jax.ffi.ffi_call`.
+
+Imports neither TensorFlow nor Keras. The handlers live in libtfl_core.so
+(the TF-free core: CPU row drivers, Host handlers, and CUDA handlers in CUDA
+builds), loaded with ctypes and registered once by `load()`.
+
+Each loss is a `jax.custom_vjp` whose forward and backward are the fused
+custom calls, as the TF ops' registered gradients are:
+
+  * BP-MLL: forward `tfl_bpmll_loss` -> (loss, cached_grad); backward
+    `tfl_bpmll_loss_grad` scales cached_grad's rows by the loss cotangent
+    (in place: the output aliases cached_grad, as in the TF lowering). The
+    labels get no gradient (zeros; float0 for integer and bool labels).
+  * Pearson / CCC: forward `tfl_correlation_loss` -> (loss, row_stats);
+    backward `tfl_correlation_loss_grad`, with compute_grad_y_true = whether
+    y_true takes part in differentiation (the custom_vjp's symbolic zeros
+    say so at trace time), so that a training step, where y_true is a
+    constant, neither computes nor allocates its gradient.
+
+The handlers take rank-2 rows (BP-MLL) or (batch, steps[, 1]) rows
+(correlation), and rows are independent. Under `jax.vmap` each custom call
+is batched by a `jax.custom_batching.custom_vmap` rule that folds the mapped
+axis into the batch: (V, B, L) -> (V*B, L), one call, and back; unmapped
+operands are broadcast first. The rule sits inside the custom_vjp's forward
+and backward, so jit, grad, vmap and their compositions (vmap of grad, grad
+of vmap, nested vmap) all end in one custom call per op.
+"""
+
+import ctypes
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import re
+import threading
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+LIBRARY_NAME = "libtfl_core.so"
+LIBRARY_ENV = "TFL_CORE_LIBRARY"
+
+# The jaxlib releases the JAX path was tested with, and the XLA FFI C API
+# version their headers (jax.ffi.include_dir()/xla/ffi/api/c_api.h) declare.
+TESTED_JAXLIB = {"0.10.2": (0, 3)}
+
+# XLA's handler registry (xla/ffi/ffi_registry.cc, IsSupportedApiVersion)
+# accepts a handler whose API version (the XLA_FFI_API_MAJOR/MINOR it was
+# compiled with, reported through its metadata) lies between 0.1 and the
+# framework's own version: the C API is backward compatible within a major
+# version (xla/ffi/api/c_api.h: minor versions only add fields, which
+# implementations detect through struct_size). Older XLA releases required
+# an exact match; there registration itself fails, and load() reports both
+# versions.
+OLDEST_FFI_API_ACCEPTED = (0, 1)
+
+TARGET_BPMLL_LOSS = "tfl_bpmll_loss"
+TARGET_BPMLL_LOSS_GRAD = "tfl_bpmll_loss_grad"
+TARGET_CORRELATION_LOSS = "tfl_correlation_loss"
+TARGET_CORRELATION_LOSS_GRAD = "tfl_correlation_loss_grad"
+
+# Target name -> handler symbol without its platform suffix (Host / Cuda).
+_TARGETS = (
+    (TARGET_BPMLL_LOSS, "TflBpmllLoss"),
+    (TARGET_BPMLL_LOSS_GRAD, "TflBpmllLossGrad"),
+    (TARGET_CORRELATION_LOSS, "TflCorrelationLoss"),
+    (TARGET_CORRELATION_LOSS_GRAD, "TflCorrelationLossGrad"),
+)
+_ROW_STATS = 5  # kCorrelationRowStats (cc/core/correlation/correlation_math.h)
+
+_lock = threading.Lock()
+_state = None  # what load() registered, once it succeeded
+_library = None  # the ctypes handle, kept for the life of the process
+
+
+def library_path():
+    """Where the handler library is looked for: $TFL_CORE_LIBRARY if set,
+    else lib/libtfl_core.so beside this module."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return override
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", LIBRARY_NAME)
+
+
+# --------------------------------------------------------------------------
+# Loading and registration
+# --------------------------------------------------------------------------
+
+
+def _version_text(version):
+    return "unknown" if version is None else f"{version[0]}.{version[1]}"
+
+
+def _tested_text():
+    return ", ".join(f"jaxlib {v} (XLA FFI API {_version_text(api)})" for v, api in TESTED_JAXLIB.items())
+
+
+def _jaxlib_version():
+    try:
+        import jaxlib
+
+        return getattr(jaxlib, "__version__", None) or getattr(jaxlib.version, "__version__", "unknown")
+    except ImportError:  # pragma: no cover - jax without jaxlib cannot import
+        return "unknown"
+
+
+def jaxlib_ffi_api_version():
+    """(major, minor) of the XLA FFI C API the installed jaxlib implements,
+    read from the c_api.h it ships (jax.ffi.include_dir()), or None when the
+    headers are absent."""
+    try:
+        header = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
+        with open(header) as f:
+            text = f.read()
+    except (AttributeError, OSError, RuntimeError):
+        return None
+    major = re.search(r"^#define\s+XLA_FFI_API_MAJOR\s+(\d+)", text, re.M)
+    minor = re.search(r"^#define\s+XLA_FFI_API_MINOR\s+(\d+)", text, re.M)
+    if not (major and minor):
+        return None
+    return int(major.group(1)), int(minor.group(1))
+
+
+def check_ffi_api_version(library_version, jaxlib_version, jaxlib_release="unknown", path="libtfl_core.so"):
+    """Raises RuntimeError when jaxlib's XLA (FFI API jaxlib_version) will not
+    accept handlers compiled against library_version: a different major
+    version, a newer minor version, or one older than 0.1. jaxlib_version
+    None (no headers to read) checks nothing: registration then decides."""
+    if jaxlib_version is None:
+        return
+    lib, jax_api = tuple(library_version), tuple(jaxlib_version)
+    hint = (
+        f"Versions known to work: {_tested_text()}; jaxlib accepts handlers compiled against its own FFI API "
+        f"version or an older one of the same major version (down to {_version_text(OLDEST_FFI_API_ACCEPTED)}). "
+        f"Install a jax/jaxlib whose FFI API is at least {_version_text(lib)} with major version {lib[0]}, or "
+        f"rebuild libtfl_core.so against this jaxlib's headers (cmake -DTFL_XLA_FFI_INCLUDE_DIR=\"$(python -c "
+        f"'import jax.ffi; print(jax.ffi.include_dir())')\")."
+    )
+    if lib[0] != jax_api[0]:
+        problem = "a different major version: the FFI C ABI differs"
+    elif lib > jax_api:
+        problem = "newer than jaxlib's XLA implements"
+    elif lib < OLDEST_FFI_API_ACCEPTED:
+        problem = f"older than {_version_text(OLDEST_FFI_API_ACCEPTED)}, the oldest XLA accepts"
+    else:
+        return
+    raise RuntimeError(
+        f"tf_fused_losses' JAX losses cannot use {path}: its handlers were compiled against XLA FFI API "
+        f"{_version_text(lib)}, and jaxlib {jaxlib_release} implements FFI API {_version_text(jax_api)} "
+        f"({problem}). {hint}"
+    )
+
+
+def _library_ffi_api_version(library, path):
+    try:
+        query = library.TflXlaFfiApiVersion
+    except AttributeError:
+        raise RuntimeError(
+            f"{path} has no TflXlaFfiApiVersion symbol: it is not a libtfl_core.so built from this version of "
+            f"tf_fused_losses (cc/xla/ffi_api_version.cc). Rebuild it, or point {LIBRARY_ENV} at a current build."
+        ) from None
+    query.restype = None
+    query.argtypes = (ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32))
+    major, minor = ctypes.c_int32(-1), ctypes.c_int32(-1)
+    query(ctypes.byref(major), ctypes.byref(minor))
+    return major.value, minor.value
+
+
+def _jaxlib_has_cuda():
+    """Whether a CUDA PJRT plugin for jaxlib is installed (not imported here)."""
+    for name in ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
+def _load():
+    global _library
+    ffi = getattr(jax, "ffi", None)
+    missing = [n for n in ("ffi_call", "register_ffi_target", "pycapsule", "include_dir") if not hasattr(ffi, n)]
+    if missing:
+        raise RuntimeError(
+            f"tf_fused_losses' JAX losses need jax.ffi ({', '.join(missing)} missing in jax {jax.__version__}). "
+            f"Versions known to work: {_tested_text()}."
+        )
+    path = library_path()
+    if not os.path.isfile(path):
+        where = f"{LIBRARY_ENV}={path}" if os.environ.get(LIBRARY_ENV) else path
+        raise RuntimeError(
+            f"tf_fused_losses' JAX losses need the core library libtfl_core.so, which is not at {where}. "
+            f"Build it (CMake target tfl_core; make install copies it into the package's lib/) or set "
+            f"{LIBRARY_ENV} to its path."
+        )
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as e:
+        raise RuntimeError(f"tf_fused_losses' JAX losses could not load {path}: {e}") from e
+    library_version = _library_ffi_api_version(library, path)
+    jaxlib_release = _jaxlib_version()
+    jaxlib_version = jaxlib_ffi_api_version()
+    check_ffi_api_version(library_version, jaxlib_version, jaxlib_release, path)
+
+    platforms = [("cpu", "Host")]
+    has_cuda_handlers = all(hasattr(library, symbol + "Cuda") for _, symbol in _TARGETS)
+    if has_cuda_handlers and _jaxlib_has_cuda():
+        platforms.append(("CUDA", "Cuda"))
+    for platform, suffix in platforms:
+        for target, symbol in _TARGETS:
+            try:
+                handler = getattr(library, symbol + suffix)
+            except AttributeError:
+                raise RuntimeError(
+                    f"{path} has no {symbol + suffix} symbol: it is not a complete libtfl_core.so "
+                    f"(cc/xla/ffi_handlers.h). Rebuild it, or point {LIBRARY_ENV} at a current build."
+                ) from None
+            try:
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform=platform)
+            except Exception as e:  # noqa: BLE001 - jaxlib raises its own XlaRuntimeError
+                raise RuntimeError(
+                    f"jaxlib {jaxlib_release} refused {symbol + suffix} of {path} as the {platform} FFI target "
+                    f"{target!r}: {e}. The handlers were compiled against XLA FFI API "
+                    f"{_version_text(library_version)}; jaxlib's headers declare "
+                    f"{_version_text(jaxlib_version)}. Versions known to work: {_tested_text()}."
+                ) from e
+    _library = library
+    return {
+        "library": path,
+        "library_ffi_api": _version_text(library_version),
+        "jaxlib": jaxlib_release,
+        "jaxlib_ffi_api": _version_text(jaxlib_version),
+        "platforms": [p for p, _ in platforms],
+        "cuda_handlers_in_library": has_cuda_handlers,
+    }
+
+
+def load():
+    """Loads libtfl_core.so and registers its handlers as XLA FFI targets
+    with jaxlib (cpu; CUDA too where the library has CUDA handlers and a CUDA
+    jaxlib plugin is installed). Once per process and thread-safe; the losses
+    call it. Returns what was registered (a dict). Raises RuntimeError saying
+    why when the library is missing or does not load, or when its FFI API
+    version does not fit the installed jaxlib's; a failed load is retried on
+    the next call."""
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                _state = _load()
+    return dict(_state)
+
+
+# --------------------------------------------------------------------------
+# Argument checks (the wording of _validation.py and correlation.py)
+# --------------------------------------------------------------------------
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+LABEL_DTYPES = FLOAT_DTYPES + ("int32", "int64", "uint8", "bool")
+_LAYOUT = "(batch, steps) or (batch, steps, 1)"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _dtype_name(x):
+    return np.dtype(x.dtype).name
+
+
+def _as_array(name, x):
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be an array; got {type(x).__name__}: {e}") from e
+
+
+def _check_dtype(name, x, allowed):
+    if _dtype_name(x) not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got dtype {_dtype_name(x)}")
+
+
+def _check_rank(name, x, rank, layout):
+    if x.ndim != rank:
+        raise ValueError(f"{name} must be rank {rank} {layout}; got shape {tuple(x.shape)}")
+
+
+def _is_numeric(x):
+    return (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_
+    )
+
+
+def _batch_steps(name, x):
+    """The (batch, steps) of a (batch, steps[, 1]) input, checked."""
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 1):
+        raise ValueError(f"{name} must be {_LAYOUT}; got shape {tuple(x.shape)}")
+    return tuple(x.shape[:2])
+
+
+def _check_epsilon(epsilon):
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
+    epsilon = float(epsilon)
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
+    if epsilon > _FLOAT32_MAX:  # the handlers' attribute is a float32
+        raise ValueError(f"epsilon must be at most {_FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
+    return epsilon
+
+
+def _mask_argument(mask, batch_steps):
+    """mask as a bool (batch, steps) array: nonzero means valid."""
+    mask = _as_array("mask", mask)
+    if not _is_numeric(mask):
+        raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {_dtype_name(mask)}")
+    if mask.ndim != 2 or tuple(mask.shape) != tuple(batch_steps):
+        raise ValueError(f"mask must have shape (batch, steps) = {tuple(batch_steps)}; got shape {tuple(mask.shape)}")
+    return mask if mask.dtype == jnp.bool_ else mask != 0
+
+
+# --------------------------------------------------------------------------
+# The custom calls, batched by folding vmapped axes into the rows
+# --------------------------------------------------------------------------
+
+
+def _rows_call(rows_fun, first_core_rank):
+    """rows_fun(*arrays) -> tuple of arrays, each of shape (rows,) + core, as
+    the handlers take them, made to accept any number of extra leading
+    (vmapped) dimensions, the same on every argument, by folding them into the
+    rows; and wrapped in a custom_vmap whose rule adds the mapped axis as one
+    more leading dimension (broadcasting unmapped arguments). first_core_rank:
+    the rank of the first argument's row."""
+
+    def folded(*args):
+        lead = tuple(args[0].shape[: args[0].ndim - 1 - first_core_rank])
+        if not lead:
+            return tuple(rows_fun(*args))
+        count = math.prod(lead) * args[0].shape[len(lead)]
+        outs = rows_fun(*(a.reshape((count,) + tuple(a.shape[len(lead) + 1 :])) for a in args))
+        rows = args[0].shape[len(lead)]
+        return tuple(o.reshape(lead + (rows,) + tuple(o.shape[1:])) for o in outs)
+
+    call = jax.custom_batching.custom_vmap(folded)
+
+    @call.def_vmap
+    def _fold_rule(axis_size, in_batched, *args):
+        args = [
+            a if batched else jnp.broadcast_to(a, (axis_size,) + tuple(a.shape)) for a, batched in zip(args, in_batched)
+        ]
+        outs = call(*args)
+        return outs, tuple(True for _ in outs)
+
+    return call
+
+
+def _result(shape, dtype):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _bpmll_forward_rows(y_true, y_pred):
+    rows, labels = y_pred.shape
+    call = jax.ffi.ffi_call(
+        TARGET_BPMLL_LOSS, (_result((rows,), y_pred.dtype), _result((rows, labels), y_pred.dtype))
+    )
+    return tuple(call(y_true, y_pred))
+
+
+def _bpmll_backward_rows(grad_loss, cached_grad):
+    # The scaled gradient overwrites the cached one (XLA copies cached_grad
+    # first where it is still needed), as in the TF lowering.
+    call = jax.ffi.ffi_call(
+        TARGET_BPMLL_LOSS_GRAD, (_result(cached_grad.shape, cached_grad.dtype),), input_output_aliases={1: 0}
+    )
+    return tuple(call(grad_loss, cached_grad))
+
+
+_bpmll_forward = _rows_call(_bpmll_forward_rows, 1)  # (y_true, y_pred) -> (loss, cached_grad)
+_bpmll_backward = _rows_call(_bpmll_backward_rows, 0)  # (grad_loss, cached_grad) -> (grad_y_pred,)
+
+
+def _no_mask():
+    return jnp.zeros((0,), jnp.bool_)  # the handlers' "every step is valid"
+
+
+@functools.lru_cache(maxsize=None)
+def _correlation_forward(concordance, epsilon, has_mask):
+    """(y_true, y_pred[, mask]) -> (loss, row_stats)."""
+
+    def rows_fun(y_true, y_pred, *mask):
+        rows, steps = y_pred.shape
+        call = jax.ffi.ffi_call(
+            TARGET_CORRELATION_LOSS,
+            (_result((rows, steps), y_pred.dtype), _result((rows, _ROW_STATS), np.float64)),
+        )
+        return tuple(
+            call(y_true, y_pred, mask[0] if has_mask else _no_mask(), concordance=concordance,
+                 epsilon=np.float32(epsilon))
+        )
+
+    return _rows_call(rows_fun, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _correlation_backward(concordance, epsilon, has_mask, want_grad_y_true):
+    """(grad_loss, y_true, y_pred[, mask], row_stats) -> ([grad_y_true,] grad_y_pred)."""
+
+    def rows_fun(grad_loss, y_true, y_pred, *mask_and_stats):
+        mask = mask_and_stats[0] if has_mask else _no_mask()
+        row_stats = mask_and_stats[-1]
+        # grad_y_true is (0,) when not computed, as in the TF op.
+        true_shape = y_true.shape if want_grad_y_true else (0,)
+        call = jax.ffi.ffi_call(
+            TARGET_CORRELATION_LOSS_GRAD,
+            (_result(true_shape, y_pred.dtype), _result(y_pred.shape, y_pred.dtype)),
+            # grad_y_pred into grad_loss's buffer, as in the TF lowering.
+            input_output_aliases={0: 1},
+        )
+        grad_y_true, grad_y_pred = call(
+            grad_loss, y_true, y_pred, mask, row_stats, concordance=concordance, epsilon=np.float32(epsilon),
+            compute_grad_y_true=want_grad_y_true,
+        )
+        return (grad_y_true, grad_y_pred) if want_grad_y_true else (grad_y_pred,)
+
+    return _rows_call(rows_fun, 1)
+
+
+# --------------------------------------------------------------------------
+# The differentiable losses
+# --------------------------------------------------------------------------
+
+
+@jax.custom_vjp
+def _bpmll(y_true, y_pred):
+    return _bpmll_forward(y_true, y_pred)[0]
+
+
+def _bpmll_fwd(y_true, y_pred):
+    loss, cached_grad = _bpmll_forward(y_true, y_pred)
+    return loss, cached_grad
+
+
+def _bpmll_bwd(cached_grad, grad_loss):
+    # Labels are constants: no gradient (zeros, float0 for integer labels).
+    return None, _bpmll_backward(grad_loss, cached_grad)[0]
+
+
+_bpmll.defvjp(_bpmll_fwd, _bpmll_bwd)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _WantGradYTrue:
+    """Static residual: whether y_true takes part in differentiation."""
+
+    value: bool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _correlation(concordance, epsilon, y_true, y_pred, mask):
+    args = (y_true, y_pred) if mask is None else (y_true, y_pred, mask)
+    return _correlation_forward(concordance, epsilon, mask is not None)(*args)[0]
+
+
+def _correlation_fwd(concordance, epsilon, y_true, y_pred, mask):
+    # symbolic_zeros: the primals come as CustomVJPPrimal(value, perturbed).
+    mask = None if mask is None else mask.value
+    args = (y_true.value, y_pred.value) if mask is None else (y_true.value, y_pred.value, mask)
+    loss, row_stats = _correlation_forward(concordance, epsilon, mask is not None)(*args)
+    return loss, (_WantGradYTrue(bool(y_true.perturbed)), y_true.value, y_pred.value, mask, row_stats)
+
+
+def _correlation_bwd(concordance, epsilon, residuals, grad_loss):
+    want, y_true, y_pred, mask, row_stats = residuals
+    if isinstance(grad_loss, jax.custom_derivatives.SymbolicZero):
+        return None, None, None
+    backward = _correlation_backward(concordance, epsilon, mask is not None, want.value)
+    args = (grad_loss, y_true, y_pred) + (() if mask is None else (mask,)) + (row_stats,)
+    outs = backward(*args)
+    grad_y_true = outs[0] if want.value else None
+    return grad_y_true, outs[-1], None
+
+
+_correlation.defvjp(_correlation_fwd, _correlation_bwd, symbolic_zeros=True)
+
+
+def bpmll_loss(y_true, y_pred):
+    """Per-sample BP-MLL loss of JAX arrays, shape (batch,), in y_pred's dtype.
+
+    As tf_fused_losses.bpmll_loss: y_true (batch, labels) labels in [0, 1],
+    float16/bfloat16/float32/float64, int32, int64, uint8 or bool, read as-is;
+    y_pred (batch, labels) logits, float16/bfloat16/float32/float64. Rows
+    without pairs give loss 0 and gradient 0. Labels get no gradient. Labels
+    outside [0, 1] raise an error naming the first bad element when the CPU
+    handler runs (the CUDA handler gives those rows NaN instead).
+    """
+    load()
+    y_pred = _as_array("y_pred", y_pred)
+    y_true = _as_array("y_true", y_true)
+    _check_dtype("y_pred", y_pred, FLOAT_DTYPES)
+    _check_dtype("y_true", y_true, LABEL_DTYPES)
+    _check_rank("y_pred", y_pred, 2, "(batch, labels)")
+    _check_rank("y_true", y_true, 2, "(batch, labels)")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape; got y_true {tuple(y_true.shape)} and "
+            f"y_pred {tuple(y_pred.shape)}"
+        )
+    return _bpmll(y_true, y_pred)
+
+
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False):
+    """Per-step Pearson (concordance=False) or CCC (concordance=True) loss of
+    JAX arrays, shape (batch, steps), in y_pred's dtype.
+
+    As tf_fused_losses.correlation_loss / ccc_loss: y_pred (batch, steps) or
+    (batch, steps, 1), float16/bfloat16/float32/float64; y_true the same
+    (batch, steps), any numeric dtype, cast to y_pred's; epsilon a Python
+    float >= 0 (at most the float32 maximum); mask optional (batch, steps),
+    bool or numeric, nonzero on valid steps. Gradients flow to y_pred and
+    y_true (y_true's computed only when it is differentiated); none to mask.
+    """
+    if not isinstance(concordance, (bool, np.bool_)):
+        raise ValueError(f"concordance must be a bool; got {concordance!r}")
+    concordance = bool(concordance)
+    load()
+    y_pred = _as_array("y_pred", y_pred)
+    _check_dtype("y_pred", y_pred, FLOAT_DTYPES)
+    y_true = _as_array("y_true", y_true)
+    if not _is_numeric(y_true):
+        raise ValueError(f"y_true must be numeric; got dtype {_dtype_name(y_true)}")
+    if y_true.dtype != y_pred.dtype:
+        y_true = y_true.astype(y_pred.dtype)
+    true_steps = _batch_steps("y_true", y_true)
+    pred_steps = _batch_steps("y_pred", y_pred)
+    if true_steps != pred_steps:
+        raise ValueError(
+            f"y_true and y_pred must have the same (batch, steps); got y_true {tuple(y_true.shape)} and "
+            f"y_pred {tuple(y_pred.shape)}"
+        )
+    epsilon = _check_epsilon(epsilon)
+    if mask is not None:
+        mask = _mask_argument(mask, pred_steps)
+    # (batch, steps, 1) as (batch, steps): a bitcast in XLA; the gradients
+    # take the input's shape back through the reshape.
+    if y_true.ndim == 3:
+        y_true = y_true.reshape(true_steps)
+    if y_pred.ndim == 3:
+        y_pred = y_pred.reshape(pred_steps)
+    return _correlation(concordance, epsilon, y_true, y_pred, mask)
