@@ -4,8 +4,8 @@
 #   * pip's dry run of the wheel plans no TensorFlow distribution;
 #   * losses and gradients (BP-MLL, Pearson, CCC) match float64 numpy, and a
 #     Keras model trains (tools/wheel_user_check.py);
-#   * with QUICK_TESTS_ON=X.Y, the BP-MLL, correlation and loader tests run
-#     against the installed wheel on that minor.
+#   * with QUICK_TESTS_ON="X.Y ...", the BP-MLL, correlation and loader tests run
+#     against the installed wheel on those minors.
 #
 #   tools/check_wheel_install.sh WHEEL MINOR [MINOR...]
 set -euo pipefail
@@ -41,7 +41,7 @@ if tf:
 PY
     pip_in "$venv" install -q "$wheel"
     (cd "$work" && "$venv/bin/python" "$root/tools/wheel_user_check.py")
-    if [[ ${QUICK_TESTS_ON:-} == "$minor" ]]; then
+    if [[ " ${QUICK_TESTS_ON:-} " == *" $minor "* ]]; then
         log "TensorFlow $minor: BP-MLL, correlation and loader tests against the installed wheel"
         pip_in "$venv" install -q -r "$root/requirements-dev.txt"
         (cd "$work/tree" && "$venv/bin/python" -m pytest -q -p no:cacheprovider \
