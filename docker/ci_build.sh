@@ -2,9 +2,9 @@
 # CI for docker/Dockerfile on a host with no Docker engine: lints it with
 # hadolint, builds it with podman (chroot isolation; overlay storage where the
 # kernel allows, else vfs) from a local
-# minimal Debian bookworm base made with debootstrap, CPU only and with the
-# test stage, exports the wheel, and smoke-tests that wheel in a fresh venv
-# outside the build.
+# minimal Debian bookworm base made with debootstrap, CPU only, with a frontend
+# for TensorFlow 2.21 only and with the test stage, exports the wheel, and
+# smoke-tests that wheel in a fresh venv (with tensorflow-cpu 2.21) outside the build.
 #
 # Needs root (apt-get, debootstrap, podman). Everything it keeps between runs
 # (podman's store with the base and toolchain images, pip's cache, the hadolint venv) is
@@ -82,9 +82,15 @@ fi
 # The build trusts what this host trusts (here, an egress proxy's CA), through
 # the Dockerfile's optional ca-bundle secret.
 ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+# One TensorFlow minor: a frontend for TF 2.21 only, so that CI takes as long as
+# it did with one TensorFlow (each minor is another build venv, TensorFlow
+# download and frontend link). The wheel with frontends for several minors is
+# built natively by `make wheel` in .ci/run; this checks the image's path.
+tf_versions=2.21
 build=(build --isolation chroot -f "$root/docker/Dockerfile" --ignorefile "$root/docker/Dockerfile.dockerignore"
     --secret "id=ca-bundle,src=$ca_bundle"
     --build-arg BASE_IMAGE="$base" --build-arg CUDA=off --build-arg PYTHON_VERSIONS=3.11
+    --build-arg TF_VERSIONS="$tf_versions"
     --build-arg PYTEST_MARKERS="$markers" --build-arg JOBS="${TFL_JOBS:-2}")
 stamp() { while IFS= read -r line; do printf '[%4ds] %s\n' $((SECONDS - started)) "$line"; done; }
 
@@ -96,6 +102,20 @@ done
 ((${#present[@]})) || { echo "none of TEST_PATHS ($test_paths) exists" >&2; exit 1; }
 test_paths=${present[*]}
 build+=(--build-arg TEST_PATHS="$test_paths")
+
+# podman 4.3 (buildah 1.28, Debian bookworm) does not key the cache of a RUN on
+# what its bind mount holds: with the same build args, the build and test stages
+# would come from the cache and test the wheel of an older tree. A digest of the
+# tree (tracked and untracked files that git does not ignore) as a build arg keys
+# them on the sources; ccache keeps the rebuild short.
+source_digest=$(cd "$root" && git ls-files -z -c -o --exclude-standard |
+    while IFS= read -r -d '' path; do [[ ! -f $path ]] || printf '%s\0' "$path"; done |
+    xargs -0 sha256sum | sha256sum | cut -c1-16) || source_digest=""
+if [[ -z $source_digest ]]; then
+    source_digest="no-git-$(date +%s)"  # not a git checkout: build every time
+fi
+log "source digest $source_digest"
+build+=(--build-arg SOURCE_DIGEST="$source_digest")
 
 # Tagging the toolchain stage keeps its layers (the slow part: apt, TensorFlow)
 # out of the prune below, so that the next run starts from them.
@@ -113,9 +133,10 @@ if ((${#wheels[@]} != 1)) || [[ ! -f ${wheels[0]} ]]; then
 fi
 log "exported ${wheels[0]##*/}"
 
-log "smoke test in a fresh venv"
+# The wheel requires no TensorFlow: the one it has a frontend for goes in beside it.
+log "smoke test in a fresh venv (with tensorflow-cpu==$tf_versions.*)"
 venv=$(mktemp -d -t tfl-ci-venv.XXXXXX)
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q "${wheels[0]}"
+"$venv/bin/pip" install -q "${wheels[0]}" "tensorflow-cpu==$tf_versions.*"
 (cd "$venv" && "$venv/bin/python" "$root/docker/smoke_test.py" "${wheels[0]}")
 rm -rf "$venv" "$dist"

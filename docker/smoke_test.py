@@ -1,7 +1,10 @@
 """Smoke test of an installed tf-fused-losses wheel, run from outside the source
-tree: the package imports from site-packages, its op library loads, each fused
-loss and its gradient match the pure-TF references, and build_info() is the
-build_info.json shipped in the wheel given as argv[1].
+tree in a venv holding the wheel given as argv[1] and a TensorFlow it has a
+frontend for: the package imports from site-packages, build_info() is the
+build_info.json shipped in the wheel plus the installed TensorFlow's frontend
+(`tensorflow`, `tensorflow_library`, `xla`), that frontend and the core load
+from the installed package, and each fused loss and its gradient match the
+pure-TF references.
 """
 
 import json
@@ -36,16 +39,39 @@ def compare(name, fused, ref, y_true, y_pred):
     print(f"{name}: loss {loss.shape} and gradient match the reference")
 
 
+def loaded_libraries():
+    """The paths of our shared objects that this process has mapped."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    names = (_loader.LIBRARY_NAME, _loader.CORE_LIBRARY_NAME)
+    return sorted(os.path.realpath(p) for p in paths if os.path.basename(p) in names)
+
+
 def check_installed(wheel):
     site = sysconfig.get_paths()["platlib"]
     assert tfl.__file__.startswith(site), f"imported {tfl.__file__}, not the installed wheel in {site}"
     assert not tfl.use_pure_tf(), f"{tfl.PURE_TF_ENV} is set: the smoke test must run the fused ops"
     with zipfile.ZipFile(wheel) as archive:
-        shipped = json.loads(archive.read("tf_fused_losses/build_info.json"))
-    assert tfl.build_info() == shipped, (tfl.build_info(), shipped)
-    _loader.ops()  # raises, naming the reason, when the library does not load
+        shipped = json.loads(archive.read("tf_fused_losses/lib/build_info.json"))
+    minor = ".".join(tf.__version__.split(".")[:2])
+    builds = shipped["tensorflow_builds"]
+    assert minor in builds, f"TensorFlow {tf.__version__} is installed, but the wheel has frontends for {sorted(builds)}"
+    library = _loader.tf_library_path(minor)
+    assert library.startswith(site) and os.path.exists(library), library
+    # Before anything is loaded: the shipped facts, and the frontend for this TensorFlow.
+    expected = dict(shipped, tensorflow=builds[minor]["version"], tensorflow_library=library, xla=builds[minor]["xla"])
+    before = tfl.build_info()
+    before.pop("cpu_isa", None)  # present only where something loaded the core already
+    assert before == expected, (before, expected)
+    tfl.load_ops()  # raises, naming the reason, when the library does not load
+    # The frontend for this minor and the core next to it, not a copy from elsewhere.
+    wanted = sorted(os.path.realpath(p) for p in (library, _loader.core_library_path()))
+    assert loaded_libraries() == wanted, (loaded_libraries(), wanted)
+    info = tfl.build_info()
+    assert info.get("cpu_isa") in _loader.CPU_ISAS, info
     print(f"tf_fused_losses {tfl.__version__} from {os.path.dirname(tfl.__file__)}, TF {tf.__version__}")
-    print(f"build_info(): {tfl.build_info()}")
+    print(f"loaded: {', '.join(wanted)}")
+    print(f"build_info(): {info}")
 
 
 def main():

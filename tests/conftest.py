@@ -5,7 +5,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+# Nothing here imports TensorFlow (or any framework) at collection: the suite's
+# Keras-level and keras.ops tests also run where only JAX is installed.
 
 
 def pytest_addoption(parser):
@@ -42,4 +44,6 @@ def to_numpy(x):
 
 
 def tf_dtype(name):
+    import tensorflow as tf
+
     return tf.as_dtype(name)

@@ -3,6 +3,7 @@ table lists every row and the test that covers it): each call must fail
 with an error that names the argument, its shape or value, and what was
 expected."""
 
+import os
 import re
 
 import numpy as np
@@ -200,22 +201,27 @@ def unloaded(monkeypatch):
     monkeypatch.setattr(_loader, "_library", None)
 
 
-def test_a_library_built_for_another_tensorflow_is_refused_naming_both_versions(unloaded, monkeypatch):
-    monkeypatch.setattr(_loader, "build_info", lambda: {"tensorflow": "2.99.1"})
+def test_a_tensorflow_without_a_frontend_is_refused_naming_the_versions(unloaded, monkeypatch):
+    monkeypatch.setattr(_loader, "_builds", lambda: {"2.99": {"version": "2.99.1", "xla": True}})
     with pytest.raises(
         RuntimeError,
-        match=rf"^tf_fused_losses was built for TensorFlow 2\.99\.1, but TensorFlow {re.escape(tf.__version__)} is installed\. "
-        r"Install TensorFlow 2\.99\.x, or rebuild .* Set TF_FUSED_LOSSES_PY_OPS=1 to use the pure-TF implementations",
+        match=rf"^TensorFlow {re.escape(tf.__version__)} is installed, but this tf_fused_losses holds op libraries for "
+        r"TensorFlow 2\.99 only \(releases support 2\.16-2\.21\)\. .* pip install --no-build-isolation .* "
+        r"Set TF_FUSED_LOSSES_PY_OPS=1 to use the pure implementations",
     ):
         _loader.ops()
 
 
 def test_a_library_that_cannot_load_is_reported_with_the_loader_error(unloaded, monkeypatch, tmp_path):
-    (tmp_path / _loader.LIBRARY_NAME).write_bytes(b"not a shared library")
+    minor = ".".join(tf.__version__.split(".")[:2])
     monkeypatch.setattr(_loader, "_HERE", str(tmp_path))
+    path = _loader.tf_library_path(minor)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"not a shared library")
     with pytest.raises(
         RuntimeError,
-        match=rf"^Could not load {re.escape(str(tmp_path))}/libtf_fused_losses\.so, built for TensorFlow unknown, into TensorFlow "
+        match=rf"^Could not load {re.escape(path)}, built for TensorFlow unknown, into TensorFlow "
         rf"{re.escape(tf.__version__)}: .*libtf_fused_losses\.so.*\. Set TF_FUSED_LOSSES_PY_OPS=1",
     ):
         _loader.ops()

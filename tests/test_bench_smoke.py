@@ -3,6 +3,7 @@
 Nothing here depends on how fast anything is.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,6 +21,10 @@ import report  # noqa: E402
 import run  # noqa: E402
 
 SECTIONS = {"bpmll": "## BP-MLL", "correlation": "## Pearson correlation", "ccc": "## CCC"}
+# A Python interpreter with jax for the JAX columns (it needs no TensorFlow),
+# e.g. TFL_BENCH_JAX_PYTHON=build/venv-jax/bin/python; without it, this one
+# if it imports jax.
+JAX_PYTHON_ENV = "TFL_BENCH_JAX_PYTHON"
 
 
 def _table_rows(markdown, section):
@@ -167,3 +172,122 @@ def test_bad_options_are_named(flag, value, message):
     with pytest.raises(SystemExit) as raised:
         run.parse_args([flag, value])
     assert flag in str(raised.value) and message in str(raised.value)
+
+
+def _jax_python():
+    """The interpreter for the JAX columns, or pytest.skip saying why none."""
+    python = os.environ.get(JAX_PYTHON_ENV)
+    if python:
+        if not os.path.isfile(python):
+            pytest.fail(f"{JAX_PYTHON_ENV}={python} does not exist")
+        return python
+    if importlib.util.find_spec("jax") is not None:
+        return sys.executable
+    pytest.skip(f"jax is not importable here; set {JAX_PYTHON_ENV} to a Python with jax (build/venv-jax/bin/python)")
+
+
+def _core_library_env(env):
+    """TFL_CORE_LIBRARY for the JAX worker where the source tree has no
+    lib/libtfl_core.so: the CMake build's, if there is one. Returns whether
+    the fused JAX column can expect a library."""
+    if env.get("TFL_CORE_LIBRARY"):
+        return os.path.isfile(env["TFL_CORE_LIBRARY"])
+    if os.path.isfile(os.path.join(ROOT, "python", "tf_fused_losses", "lib", "libtfl_core.so")):
+        return True
+    built = os.path.join(ROOT, "build", "cmake", "lib", "libtfl_core.so")
+    if os.path.isfile(built):
+        env["TFL_CORE_LIBRARY"] = built
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_quick_run_with_jax_columns(tmp_path):
+    """The JAX worker, under its own interpreter, beside the TF columns in one run."""
+    jax_python = _jax_python()
+    markdown_path = tmp_path / "table.md"
+    json_path = tmp_path / "results.json"
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(tf_fused_losses.__file__))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    have_library = _core_library_env(env)
+    command = [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--no-install", "--no-plot",
+               "--bpmll-sizes", "4x18", "--corr-sizes", "2x40", "--bpmll-dtypes", "float32:float32",
+               "--impls", "fused,xla,jax_fused,jax_pure", "--jax-python", jax_python,
+               "--markdown", str(markdown_path), "--json", str(json_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    raw = json.loads(json_path.read_text())
+    results = raw["results"]
+
+    planned = [c for group in run.plan_groups(run.parse_args(command[2:])) for c in group]
+    keys = ("op", "batch", "length", "pred_dtype", "label_dtype", "mode", "impl")
+    assert [tuple(r[k] for k in keys) for r in results] == [tuple(c[k] for k in keys) for c in planned]
+    assert len([line for line in done.stderr.splitlines() if line.startswith("[")]) == len(planned)
+
+    jax_meta = raw["meta"]["jax"]
+    assert not jax_meta.get("error"), jax_meta
+    assert jax_meta["tensorflow_imported"] is False
+    assert jax_meta["package"] == os.path.join(ROOT, "python", "tf_fused_losses")
+    checks = jax_meta["self_check"]
+    assert all(c["ok"] for c in checks["jax_pure"].values()), checks
+    if have_library:
+        assert "load_error" not in jax_meta, jax_meta["load_error"]
+        assert all(c["ok"] for c in checks["jax_fused"].values()), checks
+
+    for r in results:
+        if r["impl"] == "jax_pure" or (r["impl"] == "jax_fused" and have_library):
+            assert r["status"] == "ok", r
+            assert r["min_s"] <= r["median_s"] <= r["max_s"] and r["repeats"] >= 3
+            assert r["memory_method"] == "xla-buffer-assignment" and r["peak_extra_bytes"] > 0
+            assert r["grad_wrt"] == (None if r["mode"] == "fwd" else
+                                     "y_pred" if r["op"] == "bpmll" else "y_true, y_pred"), r
+        elif r["impl"] == "jax_fused":
+            assert r["status"] == "skipped" and "libtfl_core.so" in r["reason"], r
+
+    # Both JAX columns, side by side with the TF ones, in the README-style table.
+    markdown = markdown_path.read_text()
+    summary = raw["summary"]
+    assert summary["mode"] == "fwd+bwd"
+    assert summary["labels"] == ["fused", "pure TF XLA", "JAX fused (ffi)", "JAX pure (jit)"]
+    header, rows = _table_rows(markdown, "## Summary")
+    assert header == ["case"] + summary["labels"]
+    assert [row[0] for row in rows] == ["BP-MLL 4\u00d718", "Pearson 2\u00d740 (both grads)",
+                                        "CCC 2\u00d740 (both grads)"]
+    for row, expected in zip(rows, summary["rows"]):
+        assert row[1:] == [expected["cells"][impl] for impl in summary["columns"]]
+        if have_library:
+            assert set(expected["median_ms"]) >= {"jax_fused", "jax_pure"}
+    for op, section in SECTIONS.items():
+        _, table = _table_rows(markdown, section)
+        labels = {row[4] for row in table}
+        assert report.IMPL_LABELS["jax_pure"] in labels
+        assert (report.IMPL_LABELS["jax_fused"] in labels) == have_library
+
+
+def test_summary_is_the_readme_table():
+    results = [
+        _result("fused", 0.00585),
+        _result("xla", 0.0197),
+        _result("jax_fused", 0.0061),
+        _result("jax_pure", 0.0283),
+        _result("pairwise", 0.0, status="skipped", reason="B*L*L*8 = 1.84e+03 GB exceeds --pairwise-limit-gb 4"),
+        _result("fused", 0.001, mode="fwd"),
+        _result("fused", 0.00774, op="correlation", batch=64, length=100000, grad_wrt="y_true, y_pred"),
+        _result("jax_fused", 0.0, op="correlation", batch=64, length=100000, status="skipped", reason="no jax"),
+    ]
+    rows = report.derive(results, copy_gbps=20.0)
+    table = report.summary(rows)
+    assert table["mode"] == "fwd+bwd"
+    assert table["columns"] == ["fused", "xla", "pairwise", "jax_fused", "jax_pure"]
+    assert table["labels"] == ["fused", "pure TF XLA", "seed pairwise", "JAX fused (ffi)", "JAX pure (jit)"]
+    bpmll, corr = table["rows"]
+    assert bpmll["case"] == "BP-MLL 256\u00d730000"
+    assert bpmll["cells"] == {"fused": "5.85", "xla": "19.7", "pairwise": "needs 1.8 TB", "jax_fused": "6.10",
+                              "jax_pure": "28.3"}
+    assert bpmll["median_ms"]["jax_pure"] == pytest.approx(28.3)
+    assert corr["case"] == "Pearson 64\u00d7100000 (both grads)"
+    assert corr["cells"] == {"fused": "7.74", "xla": "", "pairwise": "", "jax_fused": "skipped", "jax_pure": ""}
+    lines = report.summary_markdown(table)
+    assert lines[0] == "| case | fused | pure TF XLA | seed pairwise | JAX fused (ffi) | JAX pure (jit) |"
+    assert lines[2] == "| BP-MLL 256\u00d730000 | 5.85 | 19.7 | needs 1.8 TB | 6.10 | 28.3 |"

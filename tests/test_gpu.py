@@ -38,8 +38,10 @@ def built_with_cuda():
     return bool(tfl.build_info().get("cuda"))
 
 
-def library_path():
-    return os.path.join(os.path.dirname(_loader.__file__), _loader.LIBRARY_NAME)
+def library_paths():
+    """The core (the XLA FFI handlers' kernels) and this TensorFlow's frontend (the OpKernels')."""
+    minor = ".".join(tf.__version__.split(".")[:2])
+    return [_loader.core_library_path(), _loader.tf_library_path(minor)]
 
 
 # --------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def test_cuda_build_happened_where_nvcc_exists():
                     "a CPU-only library is acceptable")
     why = f"nvcc exists ({nvcc})" if nvcc else "TFL_CUDA=on"
     assert built_with_cuda(), (
-        f"{why}, but the op library at {library_path()} was built without CUDA (build_info: {tfl.build_info()}). "
+        f"{why}, but the op libraries at {library_paths()} were built without CUDA (build_info: {tfl.build_info()}). "
         "Rebuild it with CUDA (make; or TFL_CUDA=on), or set TFL_CUDA=off to test a CPU-only build on purpose."
     )
 
@@ -107,8 +109,9 @@ def fatbin_entries(path):
     return entries
 
 
-def test_library_embeds_code_for_the_recorded_architectures():
-    entries = fatbin_entries(library_path())
+@pytest.mark.parametrize("which", [0, 1], ids=["core", "tf_frontend"])
+def test_library_embeds_code_for_the_recorded_architectures(which):
+    entries = fatbin_entries(library_paths()[which])
     if not built_with_cuda():
         assert entries == [], "a CPU-only library should hold no CUDA code"
         return
@@ -134,10 +137,11 @@ def test_library_embeds_code_for_the_recorded_architectures():
 def test_cuobjdump_lists_the_sass_architectures():
     if not built_with_cuda():
         pytest.skip("a CPU-only library")
-    listing = subprocess.run(["cuobjdump", "--list-elf", library_path()], capture_output=True, text=True, check=True)
-    for arch in tfl.build_info()["cuda_archs"]:
-        if arch.startswith("sm_"):
-            assert f".{arch}." in listing.stdout, listing.stdout
+    for path in library_paths():
+        listing = subprocess.run(["cuobjdump", "--list-elf", path], capture_output=True, text=True, check=True)
+        for arch in tfl.build_info()["cuda_archs"]:
+            if arch.startswith("sm_"):
+                assert f".{arch}." in listing.stdout, listing.stdout
 
 
 # --------------------------------------------------------------------------

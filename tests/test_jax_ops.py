@@ -2,8 +2,10 @@
 of cc/xla/ffi_handlers.h registered with jaxlib and called through
 jax.ffi.ffi_call, against the float64 numpy references
 (tests/helpers/numpy_reference.py), under jit, grad, vmap and their
-compositions. Needs jax and libtfl_core.so (TFL_CORE_LIBRARY, or lib/ beside
-the module); no TensorFlow.
+compositions, with the error bounds, edge cases and drawn examples of
+tests/helpers/reference_checks.py (as tests/test_properties.py). Needs jax
+and libtfl_core.so (TFL_CORE_LIBRARY, or lib/ beside the module); no
+TensorFlow.
 
 Runs in float64-enabled JAX (jax_enable_x64 on for this module, restored
 after); test_x64_disabled runs the float32 path without it.
@@ -26,6 +28,8 @@ import pytest
 jax = pytest.importorskip("jax", reason="the JAX path needs jax (pip install jax)")
 import jax.numpy as jnp  # noqa: E402
 from helpers import numpy_reference as npref  # noqa: E402
+from helpers import reference_checks as rc  # noqa: E402
+from helpers.reference_checks import DTYPES, INF, NAN  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -76,12 +80,6 @@ PROFILE = settings(
 )
 
 PATHS = ["eager", "jit"]
-DTYPES = ["float16", "bfloat16", "float32", "float64"]
-ACC_EPS = {"float16": 2.0**-24, "bfloat16": 2.0**-24, "float32": 2.0**-24, "float64": 2.0**-53}
-OUT_EPS = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
-TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float64": 2.0**-1022}
-LARGEST = {name: float(jnp.finfo(name).max) for name in DTYPES}
-INF, NAN = np.inf, np.nan
 
 
 def on_path(path, fn):
@@ -107,48 +105,6 @@ def assert_bit_equal(a, b, what=""):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
     assert np.array_equal(bits(a), bits(b)), what
-
-
-def assert_elements(got, want, tol, exact, dtype, what, largest=None):
-    """Each element in the class its reference value states (as
-    tests/test_properties.py): NaN -> NaN; +-inf -> the same infinity;
-    exact -> equal bit for bit; otherwise finite and within tol, or the
-    infinity of want's sign where want is within tol of the largest
-    representable value or beyond."""
-    got = np.asarray(got, np.float64)
-    want = np.asarray(want, np.float64)
-    tol = np.broadcast_to(np.asarray(tol, np.float64), want.shape)
-    exact = np.broadcast_to(np.asarray(exact, bool), want.shape)
-    largest = np.broadcast_to(LARGEST[dtype] if largest is None else np.asarray(largest, np.float64), want.shape)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    with np.errstate(invalid="ignore", over="ignore"):
-        nan_want = np.isnan(want)
-        inf_want = np.isinf(want)
-        approx = ~nan_want & ~inf_want & ~exact
-        close = np.isfinite(got) & (np.abs(got - want) <= tol)
-        overflow = np.isinf(got) & (np.sign(got) == np.sign(want)) & (np.abs(want) + tol >= largest)
-        ok = np.where(nan_want, np.isnan(got), False)
-        ok |= inf_want & (got == want)
-        ok |= exact & ~nan_want & ~inf_want & (got == want)
-        ok |= approx & (close | overflow)
-    if not ok.all():
-        lines = [
-            f"  {what}{tuple(int(k) for k in i)}: got {got[tuple(i)]!r}, want {want[tuple(i)]!r}"
-            f" ({'exact' if exact[tuple(i)] else f'tol {tol[tuple(i)]:.3g}'})"
-            for i in np.argwhere(~ok)[:10]
-        ]
-        raise AssertionError(f"{int((~ok).sum())} of {ok.size} elements of {what} wrong ({dtype}):\n" + "\n".join(lines))
-
-
-def lengths(max_short):
-    """Short rows, and rows around the CPU kernels' chunk of 2048."""
-    return st.one_of(st.integers(1, max_short), st.sampled_from([2047, 2048, 2049, 4097]))
-
-
-def inject(rng, values, count, choices):
-    for _ in range(count):
-        if values.size:
-            values.flat[rng.integers(values.size)] = rng.choice(choices)
 
 
 # --------------------------------------------------------------------------
@@ -309,20 +265,6 @@ def bpmll_loss_and_grad(y, c, upstream):
     return loss, vjp(upstream)[0]
 
 
-def bpmll_expected(y, c):
-    """The rule's loss and gradient in float64; the seed's pairwise formula
-    where a row is finite, short and its spread fits float64."""
-    rule = npref.bpmll_rule(y, c)
-    loss, grad = rule.loss.copy(), rule.grad.copy()
-    finite = np.all(np.isfinite(c), axis=1)
-    if y.shape[1] <= 300 and np.any(finite):
-        spread = np.ptp(np.where(np.isfinite(c), c, 0), axis=1) if c.size else np.zeros(len(c))
-        rows = finite & (spread < 600)
-        if np.any(rows):
-            loss[rows], grad[rows] = npref.bpmll_pairwise(y[rows], c[rows])
-    return rule, loss, grad
-
-
 def check_bpmll(path, y, c, upstream):
     """Loss and gradient of sum(upstream * loss) against the references,
     element by element (tolerances of tests/test_properties.py)."""
@@ -334,94 +276,24 @@ def check_bpmll(path, y, c, upstream):
     assert loss.dtype == c.dtype and loss.shape == (rows,)
     assert grad.dtype == c.dtype and grad.shape == (rows, labels)
 
-    rule, want_loss, want_grad = bpmll_expected(y_seen, c_seen)
-    finite_c = np.where(np.isfinite(c_seen), np.abs(c_seen), 0)
-    exponent = np.maximum(finite_c.max(axis=1, initial=0), 1)
-    rtol = 64 * ACC_EPS[dtype] * exponent * np.sqrt(labels) + 2 * OUT_EPS[dtype]
-    with np.errstate(invalid="ignore", over="ignore"):
-        loss_tol = rtol * np.abs(want_loss) + 4 * TINY[dtype]
-        scale = np.minimum(rule.grad_scale, np.finfo(np.float64).max)
-        grad_tol = (rtol * g_seen)[:, None] * scale + 4 * TINY[dtype]
-        want_grad = g_seen[:, None] * want_grad
-    # The cached gradient is in y_pred's dtype before the scaling by g.
-    grad_largest = np.minimum(LARGEST[dtype], LARGEST[dtype] * np.minimum(g_seen, 1))[:, None]
-    got_grad = np.array(to64(grad))
-    known = factor_underflow(got_grad, want_grad, want_loss, g_seen, dtype)
-    got_grad[known] = want_grad[known]  # the documented flush below 2^24 x the smallest normal; the rest is checked
-    assert_elements(to64(loss), want_loss, loss_tol, rule.loss_exact_zero, dtype, "loss")
-    assert_elements(got_grad, want_grad, grad_tol, rule.grad_exact_zero, dtype, "grad", grad_largest)
-
-
-def factor_underflow(got, want, want_loss, upstream, dtype):
-    """The elements a row of loss at most 2^24 may flush to exactly 0: the
-    core forms those gradients as loss * e^(...), and a factor below the
-    accumulation type's smallest normal number flushes (docs/semantics.md).
-    Rows of larger loss take the direct form and keep them
-    (test_bpmll_gradient_stays_representable_under_a_huge_loss)."""
-    floor = 2.0**-1000 if dtype == "float64" else 2.0**-100  # near the accumulation type's smallest normal
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        ratio = np.abs(want) / (upstream[:, None] * np.abs(want_loss)[:, None])
-        small_loss = (np.abs(want_loss) <= 2.0**24)[:, None]
-        return (got == 0) & np.isfinite(want) & (want != 0) & small_loss & (ratio < floor)
+    # The fused core caches the row's gradient in y_pred's dtype before the
+    # scaling by g, and may flush elements whose factor underflows
+    # (rc.factor_underflow).
+    rc.check_bpmll(
+        to64(loss), to64(grad), y_seen, c_seen, g_seen, dtype, pairwise=True, cached_grad=True, factor_flush=True
+    )
 
 
 @pytest.mark.parametrize("path", PATHS)
 @PROFILE
 @given(data=st.data())
 def test_bpmll_matches_the_numpy_reference(path, data):
-    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    rows = data.draw(st.integers(0, 5), label="rows")
-    labels = data.draw(lengths(70), label="labels")
-    label_kind = data.draw(st.sampled_from(["hard", "soft", "mixed"]), label="label_kind")
-    label_dtype = data.draw(
-        st.sampled_from(
-            ["same", "float32", "float64", "bool", "int32", "int64", "uint8"] if label_kind == "hard" else ["same", "float32"]
-        ),
-        label="label_dtype",
-    )
-    density = data.draw(st.floats(0, 1), label="density")
-    log_scale = data.draw(st.floats(-3, 4), label="log10_scale")
-    offset = data.draw(st.sampled_from([0.0, 1.0, -1.0]), label="offset_sign") * 10**log_scale
-    specials = data.draw(st.sampled_from([0, 0, 1, 3]), label="non_finite_logits")
-    huge = data.draw(st.sampled_from([0, 0, 1, 4]), label="huge_logits")
-    no_pairs = data.draw(st.sampled_from([0, 0, 1, 2]), label="rows_without_pairs")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-
-    shape = (rows, labels)
-    hard = (rng.random(shape) < density).astype(np.float64)
-    soft = np.clip(rng.random(shape) * 2 * density, 0, 1)
-    y = {"hard": hard, "soft": soft, "mixed": np.where(rng.random(shape) < 0.5, hard, soft)}[label_kind]
-    y[y < 1e-20] = 0  # denormal terms flush to zero on CPU (README: soft labels below 1e-20)
-    for _ in range(no_pairs if rows else 0):
-        y[rng.integers(rows)] = rng.choice([0.0, 1.0])
-    c = offset + 10**log_scale * rng.standard_normal(shape)
-    inject(rng, c, huge, [100.0, -100.0, 800.0, -800.0])
-    inject(rng, c, specials, [np.nan, np.inf, -np.inf])
-    y_j = jnp.asarray(y).astype(dtype if label_dtype == "same" else label_dtype)
-    check_bpmll(path, y_j, jnp.asarray(c).astype(dtype), rng.uniform(0.5, 1.5, size=rows))
+    y, c, upstream, dtype, label_dtype = rc.draw_bpmll_example(data)
+    check_bpmll(path, jnp.asarray(y).astype(label_dtype), jnp.asarray(c).astype(dtype), upstream)
 
 
 BPMLL_EDGE_CASES = {
-    "no_pairs_huge_float32": ([[0, 0], [1, 1], [0, 0]], [[100, 0], [-100, 100], [-100, -100]], "float32"),
-    "no_pairs_huge_float64": ([[0, 0], [1, 1]], [[800, -800], [-800, 800]], "float64"),
-    "no_pairs_huge_bfloat16": ([[0, 0, 0], [1, 1, 1]], [[100, 0, -100], [-100, 100, 0]], "bfloat16"),
-    "no_pairs_infinite": ([[0, 0, 0], [1, 1, 1]], [[INF, -INF, 0], [-INF, INF, 5]], "float32"),
-    "nan_logit_row": ([[1, 0], [1, 0]], [[NAN, 0], [0, 0]], "float32"),
-    "nan_logit_row_without_pairs": ([[0, 0], [1, 0]], [[NAN, 0], [0, 0]], "float32"),
-    "nan_logit_float16": ([[1, 0, 0], [0, 1, 0]], [[0, NAN, 1], [1, 2, 3]], "float16"),
-    "positive_at_plus_inf": ([[1, 0]], [[INF, 0]], "float32"),
-    "positive_at_minus_inf": ([[1, 0]], [[-INF, 0]], "float32"),
-    "both_at_plus_inf": ([[1, 0]], [[INF, INF]], "float32"),
-    "negatives_at_both_infinities": ([[1, 0, 0]], [[0, INF, -INF]], "float32"),
-    "negative_at_minus_inf_only": ([[1, 0], [1, 0]], [[0, -INF], [5, -INF]], "float64"),
-    "positive_at_minus_inf_soft": ([[0.5, 1, 0, 0.25]], [[0, -INF, 3, 1]], "float32"),
-    "soft_sides_both_infinite": ([[0.5, 0.25, 0.75, 0.5]], [[0, INF, -INF, 1]], "float32"),
-    "log_domain_float32": ([[1, 0], [1, 0]], [[800, 800], [100, 90]], "float32"),
-    "log_domain_float64": ([[1, 0, 0]], [[800, 800, -800]], "float64"),
-    "soft_sides_overflow": ([[0.5, 1, 0]], [[0, -100, 100]], "float32"),
-    "loss_overflows_but_some_gradients_do_not": ([[1, 1, 0], [1, 0, 1]], [[800, 0, 800], [100, 50, -100]], "float32"),
-    "loss_overflows_float64": ([[1, 0, 1, 0]], [[2000, 2000, 0, 0]], "float64"),
-    "overflow_float16": ([[1, 0], [1, 0]], [[-8, 8], [8, -8]], "float16"),
+    **rc.BPMLL_EDGE_CASES,
     "one_label": ([[1], [0]], [[3.0], [-2.0]], "float32"),
     "no_labels": ([[], []], [[], []], "float32"),
     "no_rows": (np.zeros((0, 5)), np.zeros((0, 5)), "float64"),
@@ -431,9 +303,8 @@ BPMLL_EDGE_CASES = {
 @pytest.mark.parametrize("case", list(BPMLL_EDGE_CASES))
 @pytest.mark.parametrize("path", PATHS)
 def test_bpmll_edge_cases(path, case):
-    y, c, dtype = BPMLL_EDGE_CASES[case]
-    y, c = np.array(y, np.float64), np.array(c, np.float64)
-    check_bpmll(path, jnp.asarray(y, jnp.float32), jnp.asarray(c).astype(dtype), np.linspace(0.5, 1.5, len(y)))
+    y, c, upstream, dtype = rc.bpmll_edge_case(BPMLL_EDGE_CASES[case])
+    check_bpmll(path, jnp.asarray(y, jnp.float32), jnp.asarray(c).astype(dtype), upstream)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -511,31 +382,6 @@ def test_bpmll_large(rng):
 # --------------------------------------------------------------------------
 
 
-def make_sequences(data, rng, shape):
-    log_scales = [data.draw(st.floats(-3, 4), label=f"log10_scale_{v}") for v in "yx"]
-    offsets = [data.draw(st.floats(-10, 10), label=f"offset_{v}_in_scales") for v in "yx"]
-    coupling = data.draw(st.floats(-1, 1), label="coupling")
-    z = rng.standard_normal(shape)
-    noise = rng.standard_normal(shape)
-    y = (offsets[0] + z) * 10 ** log_scales[0]
-    x = (offsets[1] + coupling * z + np.sqrt(1 - coupling**2) * noise) * 10 ** log_scales[1]
-    for _ in range(data.draw(st.sampled_from([0, 0, 1, 2]), label="constant_rows")):
-        if shape[0]:
-            row = rng.integers(shape[0])
-            target = y if rng.random() < 0.5 else x
-            target[row] = target[row, 0]
-    return y, x
-
-
-def make_mask(data, rng, shape):
-    kind = data.draw(st.sampled_from(["none", "scattered", "padding"]), label="mask")
-    if kind == "none":
-        return None
-    if kind == "scattered":
-        return rng.random(shape) < data.draw(st.floats(0, 1), label="valid_share")
-    return np.arange(shape[1])[None, :] < rng.integers(0, shape[1] + 1, size=(shape[0], 1))
-
-
 def correlation_loss_and_grads(y, x, g, mask, epsilon, concordance):
     def loss_of(y, x):
         return jo.correlation_loss(y, x, epsilon=epsilon, mask=mask, concordance=concordance)
@@ -561,85 +407,19 @@ def check_correlation(path, concordance, y, x, upstream, mask, epsilon, dtype, r
     assert grad_y_j.shape == y_j.shape and grad_x_j.shape == x_j.shape
     loss, grad_y, grad_x = (to64(t).reshape(shape) for t in (loss_j, grad_y_j, grad_x_j))
 
-    epsilon = float(np.float32(epsilon))  # the handlers' attribute is a float32
-    ref = npref.correlation(y_seen, x_seen, mask, epsilon, g_seen, concordance)
-    valid = np.ones(shape, bool) if mask is None else mask
-    with np.errstate(invalid="ignore", over="ignore"):
-        xv, yv = np.where(valid, x_seen, 0), np.where(valid, y_seen, 0)
-        steps = np.maximum(valid.sum(axis=1), 1)
-        mean_x, mean_y = xv.sum(axis=1) / steps, yv.sum(axis=1) / steps
-        centred_x = np.where(valid, xv - mean_x[:, None], 0)
-        centred_y = np.where(valid, yv - mean_y[:, None], 0)
-        var_x, var_y = (centred_x**2).sum(axis=1) / steps, (centred_y**2).sum(axis=1) / steps
-        spread = np.sqrt(var_x) + np.sqrt(var_y)
-        condition = 1 + (np.abs(mean_x) + np.abs(mean_y)) / np.where(spread > 0, spread, 1)
-        rtol = (64 * ACC_EPS[dtype] * condition * np.sqrt(steps))[:, None]
-        loss_tol = rtol * (1 + np.abs(1 - ref.loss)) + 2 * OUT_EPS[dtype] * np.abs(ref.loss)
-        k = 2.0 if concordance else 1.0
-        if concordance:
-            denominator = var_x + var_y + (mean_x - mean_y) ** 2 + epsilon
-        else:
-            denominator = np.sqrt(var_x * var_y) + epsilon
-        term = k * np.where(valid, np.abs(g_seen), 0).max(axis=1, initial=0) * np.maximum(
-            np.abs(centred_x).max(axis=1, initial=0), np.abs(centred_y).max(axis=1, initial=0)
-        )
-        term = np.where(denominator > 0, term / np.where(denominator > 0, denominator, 1), 0)
-        grad_peak = np.maximum(
-            np.nan_to_num(np.abs(ref.grad_x), nan=0).max(axis=1, initial=0),
-            np.nan_to_num(np.abs(ref.grad_y), nan=0).max(axis=1, initial=0),
-        )
-        scale = np.maximum(term, grad_peak)[:, None]
-        grad_tols = [
-            rtol * scale + 2 * OUT_EPS[dtype] * np.abs(np.nan_to_num(want)) + 4 * TINY[dtype]
-            for want in (ref.grad_x, ref.grad_y)
-        ]
-    assert_elements(loss, ref.loss, loss_tol, ref.exact_loss, dtype, "loss")
-    assert_elements(grad_x, ref.grad_x, grad_tols[0], ref.exact_grad, dtype, "grad_y_pred")
-    assert_elements(grad_y, ref.grad_y, grad_tols[1], ref.exact_grad, dtype, "grad_y_true")
+    rc.check_correlation(loss, grad_y, grad_x, y_seen, x_seen, mask, epsilon, g_seen, concordance, dtype)
 
 
 @pytest.mark.parametrize("path", PATHS)
 @PROFILE
 @given(data=st.data())
 def test_correlation_and_ccc_match_the_numpy_reference(path, data):
-    concordance = data.draw(st.booleans(), label="concordance")
-    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    shape = (data.draw(st.integers(0, 5), label="rows"), data.draw(lengths(60), label="steps"))
-    rank_3 = data.draw(st.booleans(), label="rank_3")
-    epsilon = data.draw(st.sampled_from([0.0, 1e-7, 1e-3, 1.0]), label="epsilon")
-    mask_dtype = data.draw(st.sampled_from(["bool", "bool", "float32", "int32", "uint8"]), label="mask_dtype")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    y, x = make_sequences(data, rng, shape)
-    mask = make_mask(data, rng, shape)
-    if mask is not None and data.draw(st.booleans(), label="nan_padding"):
-        x[~mask] = np.nan  # masked steps may hold anything
-    specials = data.draw(st.sampled_from([0, 0, 1, 3]), label="non_finite_values")
-    inject(rng, y, specials // 2, [np.nan, np.inf, -np.inf])
-    inject(rng, x, specials - specials // 2, [np.nan, np.inf, -np.inf])
-    check_correlation(
-        path, concordance, y, x, rng.uniform(0.5, 1.5, size=shape), mask, epsilon, dtype, rank_3, mask_dtype
-    )
+    e = rc.draw_correlation_example(data, mask_dtypes=["bool", "bool", "float32", "int32", "uint8"])
+    check_correlation(path, e.concordance, e.y, e.x, e.upstream, e.mask, e.epsilon, e.dtype, e.rank_3, e.mask_dtype)
 
 
-_Y = [0.5, -1.0, 2.0, 0.25, 1.5]
-_X = [0.2, -0.7, 1.1, 0.9, 0.4]
 CORRELATION_EDGE_CASES = {
-    "nan_in_y_pred": ([_Y, _Y], [[0.2, NAN, 1.1, 0.9, 0.4], _X], None, 1e-7, "float32"),
-    "inf_in_y_pred": ([_Y, _Y], [_X, [0.2, -0.7, INF, 0.9, 0.4]], None, 1e-7, "float32"),
-    "minus_inf_in_y_true": ([[0.5, -1.0, 2.0, -INF, 1.5], _Y], [_X, _X], None, 1e-7, "float64"),
-    "nan_in_both_float16": ([[NAN, -1.0, 2.0, 0.25, 1.5], _Y], [_X, [0.2, -0.7, 1.1, 0.9, NAN]], None, 1e-3, "float16"),
-    "inf_bfloat16": ([_Y, _Y], [[INF, -0.7, 1.1, 0.9, 0.4], _X], None, 1e-3, "bfloat16"),
-    "masked_nan_and_inf_ignored": (
-        [[0.5, -1.0, NAN, 0.25, 1.5], _Y],
-        [[0.2, -0.7, 1.1, INF, 0.4], [0.2, -0.7, 1.1, 0.9, -INF]],
-        [[1, 1, 0, 0, 1], [1, 1, 1, 1, 0]],
-        1e-7,
-        "float32",
-    ),
-    "nan_at_valid_step_masked_row": ([_Y, _Y], [[NAN, -0.7, 1.1, 0.9, 0.4], _X], [[1, 1, 0, 1, 1], [1] * 5], 1e-7, "float32"),
-    "constant_rows": ([[1.5] * 5, _Y, [0.3] * 5], [_X, [-2.0] * 5, [0.3] * 5], None, 1e-7, "float32"),
-    "constant_equal_rows_epsilon_0": ([[0.3] * 5, _Y], [[0.3] * 5, _X], None, 0.0, "float64"),
-    "one_and_no_valid_step": ([_Y, _Y, _Y], [_X, _X, _X], [[0, 0, 1, 0, 0], [0] * 5, [1] * 5], 1e-7, "float32"),
+    **rc.CORRELATION_EDGE_CASES,
     "one_step": ([[0.5], [2.0]], [[0.1], [-1.0]], None, 1e-7, "float32"),
     "no_rows": (np.zeros((0, 4)), np.zeros((0, 4)), None, 1e-7, "float64"),
 }
@@ -649,10 +429,8 @@ CORRELATION_EDGE_CASES = {
 @pytest.mark.parametrize("case", list(CORRELATION_EDGE_CASES))
 @pytest.mark.parametrize("path", PATHS)
 def test_correlation_edge_cases(path, case, concordance):
-    y, x, mask, epsilon, dtype = CORRELATION_EDGE_CASES[case]
-    y, x = np.array(y, np.float64), np.array(x, np.float64)
-    mask = None if mask is None else np.array(mask, bool)
-    check_correlation(path, concordance, y, x, np.linspace(0.5, 1.5, x.size).reshape(x.shape), mask, epsilon, dtype)
+    y, x, upstream, mask, epsilon, dtype = rc.correlation_edge_case(CORRELATION_EDGE_CASES[case])
+    check_correlation(path, concordance, y, x, upstream, mask, epsilon, dtype)
 
 
 @pytest.mark.parametrize("mask_dtype", ["float32", "float64", "int32", "int64", "uint8", "bfloat16"])
@@ -694,18 +472,26 @@ def custom_call_count(text, target):
     return len(re.findall(rf"custom_call @{target}\(", text))
 
 
+def assert_two_custom_calls(lowered, targets, length):
+    """One custom call to each target (the loss, its gradient) in the
+    lowered module, and no (length, length) array in it or in the compiled
+    HLO; returns both texts."""
+    text = lowered.as_text()
+    for target in targets:
+        assert custom_call_count(text, target) == 1, target
+    compiled = lowered.compile().as_text()
+    for t in (text, compiled):
+        assert f"{length}x{length}" not in t and f"{length},{length}" not in t
+    return text, compiled
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bpmll_jit_is_two_custom_calls(dtype):
     rows, labels = 4, 3001
     y = jnp.zeros((rows, labels), jnp.float32)
     c = jnp.zeros((rows, labels), dtype)
     lowered = jax.jit(jax.value_and_grad(lambda c: jo.bpmll_loss(y, c).sum())).lower(c)
-    text = lowered.as_text()
-    assert custom_call_count(text, jo.TARGET_BPMLL_LOSS) == 1
-    assert custom_call_count(text, jo.TARGET_BPMLL_LOSS_GRAD) == 1
-    compiled = lowered.compile().as_text()
-    for t in (text, compiled):
-        assert f"{labels}x{labels}" not in t and f"{labels},{labels}" not in t
+    _, compiled = assert_two_custom_calls(lowered, [jo.TARGET_BPMLL_LOSS, jo.TARGET_BPMLL_LOSS_GRAD], labels)
     assert f'custom_call_target="{jo.TARGET_BPMLL_LOSS}"' in compiled
     assert f'custom_call_target="{jo.TARGET_BPMLL_LOSS_GRAD}"' in compiled
 
@@ -716,12 +502,7 @@ def test_correlation_jit_is_two_custom_calls(with_mask):
     x = jnp.zeros((rows, steps), jnp.float32)
     mask = jnp.ones((rows, steps), bool) if with_mask else None
     lowered = jax.jit(jax.value_and_grad(lambda x: jo.correlation_loss(x, x, mask=mask).sum())).lower(x)
-    text = lowered.as_text()
-    assert custom_call_count(text, jo.TARGET_CORRELATION_LOSS) == 1
-    assert custom_call_count(text, jo.TARGET_CORRELATION_LOSS_GRAD) == 1
-    compiled = lowered.compile().as_text()
-    for t in (text, compiled):
-        assert f"{steps}x{steps}" not in t and f"{steps},{steps}" not in t
+    text, _ = assert_two_custom_calls(lowered, [jo.TARGET_CORRELATION_LOSS, jo.TARGET_CORRELATION_LOSS_GRAD], steps)
     if not with_mask:
         assert "tensor<0xi1>" in text  # the handlers' "no mask"
 

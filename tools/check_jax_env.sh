@@ -35,8 +35,4 @@ tar -C "$root" -c tests pyproject.toml | tar -C "$work/tree" -x
 log "tests on KERAS_BACKEND=jax: ${tests[*]}"
 (cd "$work/tree" && KERAS_BACKEND=jax "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}")
 
-# PyPI's torch wheels for Linux pull about 2.5 GB of CUDA libraries (the CPU
-# wheels are on download.pytorch.org, which CI here cannot reach): the torch
-# backend is not run in CI.
-log "torch backend: skipped (PyPI's Linux torch brings ~2.5 GB of CUDA wheels; CPU wheels are not on PyPI)"
 log "done"

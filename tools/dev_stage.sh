@@ -8,9 +8,9 @@ out=${1:?usage: tools/dev_stage.sh OUT_DIR [cmake args...]}
 shift
 py=${PYTHON:-$root/.venv/bin/python}
 mkdir -p "$out/cmake" "$out/pkg"
-cmake -S "$root" -B "$out/cmake" -DPython3_EXECUTABLE="$py" "$@" > "$out/cmake.log"
+cmake -S "$root" -B "$out/cmake" -DPython3_EXECUTABLE="$py" -DTFL_TF_PYTHONS="$py" "$@" > "$out/cmake.log"
 cmake --build "$out/cmake" --target tf_fused_losses -j "${TFL_JOBS:-2}"
 rm -rf "$out/pkg/tf_fused_losses"
 cp -r "$root/python/tf_fused_losses" "$out/pkg/"
-cp "$out/cmake/libtf_fused_losses.so" "$out/cmake/build_info.json" "$out/pkg/tf_fused_losses/"
+cp -r "$out/cmake/lib" "$out/pkg/tf_fused_losses/lib"
 echo "staged: PYTHONPATH=$out/pkg"

@@ -197,6 +197,8 @@ def ops():
         return _library
     import tensorflow as tf
 
+    from . import _tf_ops  # noqa: F401  (registers the ops' gradients before any op can run)
+
     with _lock:
         if _library is not None:
             return _library

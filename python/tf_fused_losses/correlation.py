@@ -1,43 +1,23 @@
-"""Per-step Pearson correlation and CCC losses for sequence labelling: fused
-ops, their gradient, Keras losses."""
+"""Per-step Pearson correlation and CCC losses for sequence labelling: the
+functional forms, on any framework's arrays, and the Keras losses
+`CorrelationLoss` and `CCCLoss`.
+
+Importing this module imports no framework: the TF path lives in `_tf_ops`,
+the JAX one in `_jax_ops`, the keras.ops forms in `_keras_ops`, the Keras
+classes in `losses` (reached through this module's `CorrelationLoss` and
+`CCCLoss`)."""
 
 import math
-import threading
 
 import numpy as np
 
-import keras
-import tensorflow as tf
+from . import _dispatch
+from ._loader import ops, use_pure_tf  # noqa: F401  (the TF path looks them up here)
+from ._validation import check_float_dtype, dims_compatible, dtype_name, is_numeric, rank_of, shape_text, static_dims
 
-from . import reference
-from ._loader import ops, use_pure_tf
-from ._validation import check_float_dtype
+__all__ = ["CCCLoss", "CorrelationLoss", "ccc_loss", "correlation_loss"]
 
-try:
-    from keras.src.backend import get_keras_mask as _get_keras_mask
-except ImportError:  # the attribute Keras 3 keeps the mask in
-
-    def _get_keras_mask(x):
-        return getattr(x, "_keras_mask", None)
-
-
-_LAYOUT = "(batch, steps) or (batch, steps, 1)"
-
-# The Keras mask of the y_pred whose loss is being computed on this thread,
-# from the loss's __call__ to its call (MirroredStrategy traces replicas in
-# threads of their own, so this cannot live on the loss object).
-_call_mask = threading.local()
-
-
-def _batch_steps(name, t):
-    """The static (batch, steps) of a (batch, steps[, 1]) input, checked."""
-    rank = t.shape.rank
-    if rank is None:
-        return tf.TensorShape([None, None])
-    if rank not in (2, 3) or (rank == 3 and t.shape[2] not in (None, 1)):
-        raise ValueError(f"{name} must be {_LAYOUT}; got shape {t.shape}")
-    return t.shape[:2]
-
+LAYOUT = "(batch, steps) or (batch, steps, 1)"
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -53,45 +33,7 @@ def _check_epsilon(epsilon):
     return epsilon
 
 
-def _mask_argument(mask, batch_steps):
-    """mask as a bool (batch, steps) tensor: nonzero means valid."""
-    mask = tf.convert_to_tensor(mask)
-    if not (mask.dtype.is_bool or mask.dtype.is_integer or mask.dtype.is_floating):
-        raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {mask.dtype.name}")
-    if mask.shape.rank is not None and (mask.shape.rank != 2 or not mask.shape.is_compatible_with(batch_steps)):
-        raise ValueError(f"mask must have shape (batch, steps) = {batch_steps}; got shape {mask.shape}")
-    return mask if mask.dtype.is_bool else tf.not_equal(mask, tf.zeros([], mask.dtype))
-
-
-def _sequence_loss(y_true, y_pred, epsilon, mask, concordance):
-    y_pred = tf.convert_to_tensor(y_pred)
-    check_float_dtype("y_pred", y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype.is_bool):
-        raise ValueError(f"y_true must be numeric; got dtype {y_true.dtype.name}")
-    if y_true.dtype != y_pred.dtype:
-        y_true = tf.cast(y_true, y_pred.dtype)
-    true_steps = _batch_steps("y_true", y_true)
-    pred_steps = _batch_steps("y_pred", y_pred)
-    if not true_steps.is_compatible_with(pred_steps):
-        raise ValueError(
-            f"y_true and y_pred must have the same (batch, steps); got y_true {y_true.shape} and y_pred {y_pred.shape}"
-        )
-    batch_steps = true_steps.merge_with(pred_steps)
-    epsilon = _check_epsilon(epsilon)
-    if mask is not None:
-        mask = _mask_argument(mask, batch_steps)
-    if use_pure_tf():
-        pure = reference.ccc_loss_pure_tf if concordance else reference.correlation_loss_pure_tf
-        return pure(y_true, y_pred, epsilon=epsilon, mask=mask)
-    if mask is None:
-        mask = tf.zeros([0], tf.bool)  # the op's "every step is valid"
-    loss, _ = ops().fused_correlation_loss(
-        y_true=y_true, y_pred=y_pred, mask=mask, concordance=concordance, epsilon=epsilon
-    )
-    return loss
-
-
+@_dispatch.not_converted
 def correlation_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
     """Per-step Pearson correlation loss, shape (batch, steps), in y_pred's dtype.
 
@@ -114,15 +56,21 @@ def correlation_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
     Rows with fewer than 2 valid steps or a constant y_true or y_pred get
     loss 1 on their valid steps and gradient 0 (r is undefined there; the
     epsilon-regularised formula's gradient would be of order 1/epsilon).
-    Gradients flow to both y_true and y_pred. Computed by a fused op (moments
-    and loss in one kernel, both gradients in another; XLA-compiled functions
-    run them as custom calls); with TF_FUSED_LOSSES_PY_OPS=1 by
-    `reference.correlation_loss_pure_tf`.
+    Gradients flow to both y_true and y_pred.
+
+    Runs on the arrays' framework: TensorFlow tensors by a fused op (moments
+    and loss in one kernel, both gradients in another; XLA-compiled
+    functions run them as custom calls; with TF_FUSED_LOSSES_PY_OPS=1 by
+    `reference.correlation_loss_pure_tf`), JAX arrays by the fused XLA custom
+    calls (the keras.ops form where they cannot load, or with
+    TF_FUSED_LOSSES_PY_OPS=1), torch tensors and others by the keras.ops
+    form; numpy arrays by the Keras backend's. `name` names the TF name
+    scope.
     """
-    with tf.name_scope(name or "correlation_loss"):
-        return _sequence_loss(y_true, y_pred, epsilon, mask, concordance=False)
+    return _sequence_loss(y_true, y_pred, epsilon, mask, False, name)
 
 
+@_dispatch.not_converted
 def ccc_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
     """Per-step concordance correlation coefficient (CCC) loss, shape
     (batch, steps), in y_pred's dtype.
@@ -130,90 +78,67 @@ def ccc_loss(y_true, y_pred, epsilon=1e-7, mask=None, name=None):
         loss_t = 1 - 2 (x_t - mean x)(y_t - mean y) / (var x + var y + (mean x - mean y)^2 + epsilon)
 
     so that the mean over steps of 1 - loss_t is Lin's CCC (AVEC baselines).
-    Arguments as `correlation_loss`. The denominator is at least epsilon, so
-    every row has its exact gradient; a row with no valid step gives loss 0
-    and gradient 0. Pure-TF fallback: `reference.ccc_loss_pure_tf`.
+    Arguments and paths as `correlation_loss`. The denominator is at least
+    epsilon, so every row has its exact gradient; a row with no valid step
+    gives loss 0 and gradient 0. Pure-TF fallback:
+    `reference.ccc_loss_pure_tf`.
     """
-    with tf.name_scope(name or "ccc_loss"):
-        return _sequence_loss(y_true, y_pred, epsilon, mask, concordance=True)
+    return _sequence_loss(y_true, y_pred, epsilon, mask, True, name)
 
 
-@tf.RegisterGradient("FusedCorrelationLoss")
-def _fused_correlation_loss_grad(op, grad_loss, unused_grad_row_stats):
-    # row_stats is an internal output; second derivatives are not provided.
-    y_true, y_pred, mask = op.inputs
-    # A GradientTape says which inputs it needs no gradient for: in a training
-    # step y_true is a constant, and its gradient would be a (batch, steps)
-    # tensor computed and written for nothing. (tf.gradients sets no such
-    # attribute: both are computed.)
-    want_grad_y_true = 0 not in (getattr(op, "skip_input_indices", None) or ())
-    grad_y_true, grad_y_pred = ops().fused_correlation_loss_grad(
-        grad_loss=grad_loss,
-        y_true=y_true,
-        y_pred=y_pred,
-        mask=mask,
-        row_stats=op.outputs[1],
-        concordance=op.get_attr("concordance"),
-        epsilon=op.get_attr("epsilon"),
-        compute_grad_y_true=want_grad_y_true,
+@_dispatch.not_converted
+def _sequence_loss(y_true, y_pred, epsilon, mask, concordance, name):
+    framework = _dispatch.choose(y_pred, y_true, mask)
+    if framework == _dispatch.TENSORFLOW:
+        return _dispatch.tf_module().sequence_loss(y_true, y_pred, epsilon, mask, concordance, name=name)
+    return backend_loss(framework, y_true, y_pred, epsilon, mask, concordance)
+
+
+def _batch_steps(name, t):
+    """The static (batch, steps) of a (batch, steps[, 1]) input, checked."""
+    dims = static_dims(t)
+    if dims is None:
+        return (None, None)
+    if len(dims) not in (2, 3) or (len(dims) == 3 and dims[2] not in (None, 1)):
+        raise ValueError(f"{name} must be {LAYOUT}; got shape {shape_text(t)}")
+    return dims[:2]
+
+
+@_dispatch.not_converted
+def backend_loss(framework, y_true, y_pred, epsilon, mask, concordance):
+    """Pearson or CCC off the TF path: the fused JAX ops or the keras.ops
+    forms, after the TF path's checks (with the same messages)."""
+    y_true, y_pred = _dispatch.as_arrays(framework, y_true, y_pred)
+    check_float_dtype("y_pred", y_pred)
+    if not is_numeric(dtype_name(y_true.dtype)):
+        raise ValueError(f"y_true must be numeric; got dtype {dtype_name(y_true.dtype)}")
+    true_steps = _batch_steps("y_true", y_true)
+    pred_steps = _batch_steps("y_pred", y_pred)
+    if not dims_compatible(true_steps, pred_steps):
+        raise ValueError(
+            f"y_true and y_pred must have the same (batch, steps); got y_true {shape_text(y_true)} and y_pred "
+            f"{shape_text(y_pred)}"
+        )
+    batch_steps = tuple(a if a is not None else b for a, b in zip(true_steps, pred_steps))
+    epsilon = _check_epsilon(epsilon)
+    if mask is not None:
+        (mask,) = _dispatch.as_arrays(framework, mask)
+        if not is_numeric(dtype_name(mask.dtype)):
+            raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {dtype_name(mask.dtype)}")
+        if rank_of(mask) != 2 or not dims_compatible(static_dims(mask), batch_steps):
+            raise ValueError(f"mask must have shape (batch, steps) = {batch_steps}; got shape {shape_text(mask)}")
+    if framework == _dispatch.JAX and not use_pure_tf():
+        fused = _dispatch.jax_fused()
+        if fused is not None:
+            return fused.correlation_loss(y_true, y_pred, epsilon=epsilon, mask=mask, concordance=concordance)
+    return _dispatch.keras_forms_for(framework).correlation_loss(
+        y_true, y_pred, epsilon=epsilon, mask=mask, concordance=concordance
     )
-    return [grad_y_true if want_grad_y_true else None, grad_y_pred, None]
 
 
-class _SequenceCorrelationLoss(keras.losses.Loss):
-    """Shared Keras plumbing: epsilon in the config, and the Keras mask of
-    y_pred (e.g. from a Masking layer) passed to the op."""
+def __getattr__(name):
+    if name in ("CorrelationLoss", "CCCLoss"):
+        from . import losses
 
-    _loss_function = None
-
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.epsilon = _check_epsilon(epsilon)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Loss.__call__ converts y_pred before call(), which can drop the
-        # mask: read it first. Keras still applies sample_weight, the mask
-        # and the reduction to the per-step losses (masked steps are 0).
-        outer_mask = getattr(_call_mask, "mask", None)
-        _call_mask.mask = _get_keras_mask(y_pred)
-        if sample_weight is not None:
-            sample_weight = tf.convert_to_tensor(sample_weight)
-            if sample_weight.shape.rank == 1:
-                # (batch,) weights every step of a row; Keras would only
-                # broadcast it against (batch, 1) losses.
-                sample_weight = sample_weight[:, None]
-        try:
-            return super().__call__(y_true, y_pred, sample_weight=sample_weight)
-        finally:
-            _call_mask.mask = outer_mask
-
-    def call(self, y_true, y_pred):
-        mask = getattr(_call_mask, "mask", None)
-        return type(self)._loss_function(y_true, y_pred, epsilon=self.epsilon, mask=mask)
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="tf_fused_losses")
-class CorrelationLoss(_SequenceCorrelationLoss):
-    """Keras loss: per-step Pearson correlation loss (see `correlation_loss`)
-    for (batch, steps[, 1]) targets. sample_weight may be (batch,) or
-    (batch, steps); a Keras mask on y_pred restricts each row's moments to
-    its valid steps."""
-
-    _loss_function = staticmethod(correlation_loss)
-
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="correlation_loss", dtype=None):
-        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
-
-
-@keras.saving.register_keras_serializable(package="tf_fused_losses")
-class CCCLoss(_SequenceCorrelationLoss):
-    """Keras loss: per-step concordance correlation (CCC) loss (see
-    `ccc_loss`); same conventions as `CorrelationLoss`."""
-
-    _loss_function = staticmethod(ccc_loss)
-
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="ccc_loss", dtype=None):
-        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
+        return getattr(losses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

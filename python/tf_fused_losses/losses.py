@@ -1,0 +1,133 @@
+"""The Keras losses: `BPMLLLoss`, `CorrelationLoss`, `CCCLoss`, on every
+Keras backend.
+
+`call` runs the path of the Keras backend (`keras.backend.backend()`): the
+fused TF ops on tensorflow, the fused JAX custom calls on jax (the keras.ops
+forms where they cannot load), the keras.ops forms elsewhere (torch, ...).
+Importing this module imports Keras, and so its backend's framework, and no
+other framework. Keras finds the classes under the registered names
+"tf_fused_losses>BPMLLLoss", ... once this module is imported (importing
+`tf_fused_losses` sees to that as soon as Keras is imported)."""
+
+import threading
+
+import keras
+
+from . import _dispatch, bpmll, correlation
+
+try:
+    from keras.src.backend import get_keras_mask as _get_keras_mask
+except ImportError:  # the attribute Keras 3 keeps the mask in
+
+    def _get_keras_mask(x):
+        return getattr(x, "_keras_mask", None)
+
+
+__all__ = ["BPMLLLoss", "CCCLoss", "CorrelationLoss"]
+
+# Each class says it belongs to the module that has always
+# exported it (`bpmll`, `correlation`; they hand it out through their module
+# __getattr__), so that configs in .keras files ("module":
+# "tf_fused_losses.bpmll") and pickles read as before this module existed.
+
+
+def _framework():
+    return _dispatch.backend_framework(keras.backend.backend())
+
+
+@keras.saving.register_keras_serializable(package="tf_fused_losses")
+class BPMLLLoss(keras.losses.Loss):
+    """Keras loss for multi-label ranking (BP-MLL; see `bpmll_loss`). Works
+    with any reduction and with sample_weight of shape (batch,)."""
+
+    __module__ = "tf_fused_losses.bpmll"  # its public module (see above)
+
+    def __init__(self, reduction="sum_over_batch_size", name="bpmll_loss", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        framework = _framework()
+        if framework == _dispatch.TENSORFLOW:
+            return _dispatch.tf_module().bpmll_loss(y_true, y_pred)
+        return bpmll.backend_loss(framework, y_true, y_pred)
+
+    def get_config(self):
+        return super().get_config()
+
+
+# The Keras mask of the y_pred whose loss is being computed on this thread,
+# from the loss's __call__ to its call (MirroredStrategy traces replicas in
+# threads of their own, so this cannot live on the loss object).
+_call_mask = threading.local()
+
+
+class _SequenceCorrelationLoss(keras.losses.Loss):
+    """Shared Keras plumbing: epsilon in the config, and the Keras mask of
+    y_pred (e.g. from a Masking layer) passed to the loss."""
+
+    _concordance = None
+
+    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.epsilon = correlation._check_epsilon(epsilon)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Loss.__call__ converts y_pred before call(), which can drop the
+        # mask (on JAX, Keras keeps masks by the array's id): read it first.
+        # Keras still applies sample_weight, the mask and the reduction to
+        # the per-step losses (masked steps are 0).
+        outer_mask = getattr(_call_mask, "mask", None)
+        _call_mask.mask = _get_keras_mask(y_pred)
+        if sample_weight is not None:
+            sample_weight = _per_step_weights(sample_weight)
+        try:
+            return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        finally:
+            _call_mask.mask = outer_mask
+
+    def call(self, y_true, y_pred):
+        mask = getattr(_call_mask, "mask", None)
+        framework = _framework()
+        if framework == _dispatch.TENSORFLOW:
+            return _dispatch.tf_module().sequence_loss(y_true, y_pred, self.epsilon, mask, self._concordance)
+        return correlation.backend_loss(framework, y_true, y_pred, self.epsilon, mask, self._concordance)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _per_step_weights(sample_weight):
+    """(batch,) weights every step of a row; Keras would only broadcast them
+    against (batch, 1) losses."""
+    if _framework() == _dispatch.TENSORFLOW:
+        return _dispatch.tf_module().sequence_sample_weight(sample_weight)
+    sample_weight = keras.ops.convert_to_tensor(sample_weight)
+    if len(sample_weight.shape) == 1:
+        sample_weight = keras.ops.expand_dims(sample_weight, -1)
+    return sample_weight
+
+
+@keras.saving.register_keras_serializable(package="tf_fused_losses")
+class CorrelationLoss(_SequenceCorrelationLoss):
+    """Keras loss: per-step Pearson correlation loss (see `correlation_loss`)
+    for (batch, steps[, 1]) targets. sample_weight may be (batch,) or
+    (batch, steps); a Keras mask on y_pred restricts each row's moments to
+    its valid steps."""
+
+    __module__ = "tf_fused_losses.correlation"  # its public module (see above)
+    _concordance = False
+
+    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="correlation_loss", dtype=None):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="tf_fused_losses")
+class CCCLoss(_SequenceCorrelationLoss):
+    """Keras loss: per-step concordance correlation (CCC) loss (see
+    `ccc_loss`); same conventions as `CorrelationLoss`."""
+
+    __module__ = "tf_fused_losses.correlation"  # its public module (see above)
+    _concordance = True
+
+    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="ccc_loss", dtype=None):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
