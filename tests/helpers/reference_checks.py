@@ -107,9 +107,8 @@ def inject(rng, values, count, choices):
 
 
 def draw_bpmll_example(data):
-    """Labels y (hard, soft or mixed; rows without pairs mixed in) and logits
-    c, float64, with logit scales from 1e-3 to 1e4, NaN, +-inf and huge
-    finite logits (+-100, +-800); the upstream gradient of each row; the
+    """Labels y (hard, soft or mixed, of a drawn density) and logits c as
+    draw_bpmll_rows makes them; the upstream gradient of each row; the
     logits' dtype and the labels' dtype."""
     from hypothesis import strategies as st
 
@@ -124,6 +123,23 @@ def draw_bpmll_example(data):
         label="label_dtype",
     )
     density = data.draw(st.floats(0, 1), label="density")
+
+    def make_labels(rng, shape):
+        hard = (rng.random(shape) < density).astype(np.float64)
+        soft = np.clip(rng.random(shape) * 2 * density, 0, 1)
+        return {"hard": hard, "soft": soft, "mixed": np.where(rng.random(shape) < 0.5, hard, soft)}[label_kind]
+
+    y, c, upstream = draw_bpmll_rows(data, (rows, labels), make_labels)
+    return y, c, upstream, dtype, dtype if label_dtype == "same" else label_dtype
+
+
+def draw_bpmll_rows(data, shape, make_labels):
+    """Labels make_labels(rng, shape) with rows without pairs mixed in, and
+    logits at a drawn scale from 1e-3 to 1e4 and offset, with NaN, +-inf and
+    huge finite logits (+-100, +-800); float64. Then the upstream gradient
+    of each row."""
+    from hypothesis import strategies as st
+
     log_scale = data.draw(st.floats(-3, 4), label="log10_scale")
     offset = data.draw(st.sampled_from([0.0, 1.0, -1.0]), label="offset_sign") * 10**log_scale
     specials = data.draw(st.sampled_from([0, 0, 1, 3]), label="non_finite_logits")
@@ -131,10 +147,8 @@ def draw_bpmll_example(data):
     no_pairs = data.draw(st.sampled_from([0, 0, 1, 2]), label="rows_without_pairs")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
 
-    shape = (rows, labels)
-    hard = (rng.random(shape) < density).astype(np.float64)
-    soft = np.clip(rng.random(shape) * 2 * density, 0, 1)
-    y = {"hard": hard, "soft": soft, "mixed": np.where(rng.random(shape) < 0.5, hard, soft)}[label_kind]
+    rows = shape[0]
+    y = make_labels(rng, shape)
     # CPU kernels run with denormals flushed to zero, so the terms of labels
     # near the accumulation type's underflow vanish (README: soft labels
     # below 1e-20 lose precision).
@@ -144,8 +158,7 @@ def draw_bpmll_example(data):
     c = offset + 10**log_scale * rng.standard_normal(shape)
     inject(rng, c, huge, [100.0, -100.0, 800.0, -800.0])
     inject(rng, c, specials, [np.nan, np.inf, -np.inf])
-    upstream = rng.uniform(0.5, 1.5, size=rows)
-    return y, c, upstream, dtype, dtype if label_dtype == "same" else label_dtype
+    return y, c, rng.uniform(0.5, 1.5, size=rows)
 
 
 def make_sequences(data, rng, shape):
@@ -330,6 +343,9 @@ BPMLL_EDGE_CASES = {
     "loss_overflows_but_some_gradients_do_not": ([[1, 1, 0], [1, 0, 1]], [[800, 0, 800], [100, 50, -100]], "float32"),
     "loss_overflows_float64": ([[1, 0, 1, 0]], [[2000, 2000, 0, 0]], "float64"),
     "overflow_float16": ([[1, 0], [1, 0]], [[-8, 8], [8, -8]], "float16"),
+    "soft_label_in_an_overflowing_row_float64": ([[1, 0, 0.5]], [[-400.123, 400.456, 0.789]], "float64"),
+    "infinite_side_against_an_overflowing_one": ([[0.5, 1, 0]], [[0, -800, INF]], "float64"),
+    "huge_loss_small_gradient_float32": ([[1, 0, 0]], [[-40, 40, -49]], "float32"),
 }
 
 
