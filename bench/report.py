@@ -9,6 +9,26 @@ IMPL_LABELS = {
     "xla": "pure TF, XLA",
     "pairwise": "seed pairwise, graph",
     "peer": "bpmll (PyPI), graph",
+    "jax_fused": "JAX fused (ffi)",
+    "jax_pure": "JAX pure (jit)",
+}
+# The README's table: one row per op and size, one column per implementation.
+SUMMARY_LABELS = {
+    "fused": "fused",
+    "fused_xla": "fused, XLA",
+    "graph": "pure TF graph",
+    "xla": "pure TF XLA",
+    "pairwise": "seed pairwise",
+    "peer": "PyPI bpmll",
+    "jax_fused": "JAX fused (ffi)",
+    "jax_pure": "JAX pure (jit)",
+}
+SUMMARY_OPS = {"bpmll": "BP-MLL", "correlation": "Pearson", "ccc": "CCC"}
+JAX_FORMS = {
+    "bpmll": ("tf_fused_losses._jax_ops.bpmll_loss", "bench/jax_worker.py bpmll_pure (factored, max shifts)"),
+    "correlation": ("tf_fused_losses._jax_ops.correlation_loss", "bench/jax_worker.py correlation_pure"),
+    "ccc": ("tf_fused_losses._jax_ops.correlation_loss(concordance=True)",
+            "bench/jax_worker.py correlation_pure(concordance=True)"),
 }
 OP_TITLES = {
     "bpmll": ("BP-MLL", "tf_fused_losses.bpmll_loss", "L"),
@@ -18,7 +38,10 @@ OP_TITLES = {
 SHORT_DTYPES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "uint8": "u8", "bool": "bool",
                 "int32": "i32", "int64": "i64"}
 COLUMNS = ("B", "len", "y_pred/y_true", "pass", "implementation", "median ms", "IQR ms", "min-max ms", "ns/elem",
-           "GB/s", "% copy", "peak extra MiB", "peak/y_pred", "fused speedup")
+           "GB/s", "% copy", "peak extra MiB", "peak/y_pred", "fused speedup", "others' CPUs")
+# A case timed while other processes used more CPUs than this, on average,
+# is marked in the summary: its time is likely inflated.
+NOISY_OTHERS_CPUS = 0.2
 
 
 def _key(row):
@@ -80,6 +103,7 @@ def _cells(row):
         "n/a" if peak is None else f"{peak / 2**20:.3g}",
         "n/a" if peak is None else f"{row['peak_over_y_pred']:.2f}",
         "-" if speedup is None else f"{speedup:.3g}x",
+        "?" if row.get("others_cpus") is None else f"{row['others_cpus']:.2f}",
     ]
 
 
@@ -176,6 +200,76 @@ def targets(rows):
 
 
 # --------------------------------------------------------------------------
+# Summary: the README's table
+# --------------------------------------------------------------------------
+
+
+def _summary_ms(seconds):
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:#.3g}"
+
+
+def _bytes_text(n):
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.2g} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _summary_cell(row):
+    if row is None:
+        return ""
+    if row["status"] == "ok":
+        noisy = (row.get("others_cpus") or 0) > NOISY_OTHERS_CPUS
+        return _summary_ms(row["median_s"]) + (" \u2020" if noisy else "")
+    if row["impl"] in ("pairwise", "peer") and "--pairwise-limit-gb" in row.get("reason", ""):
+        return "needs " + _bytes_text(row["batch"] * row["length"] * row["length"] * 8)
+    return row["status"]
+
+
+def summary(rows):
+    """The README-style table: float32 y_pred and y_true, forward + backward
+    (forward only where the run has no fwd+bwd), median ms; one row per op
+    and size, one column per implementation the run planned. Returns
+    {"mode", "columns": [impl], "labels": [header], "rows": [{"case", "op",
+    "batch", "length", "cells": {impl: text}, "median_ms": {impl: ms}}]}, or
+    None when there is nothing to show."""
+    base = [r for r in rows if (r["pred_dtype"], r["label_dtype"]) == ("float32", "float32")]
+    modes = {r["mode"] for r in base}
+    if not modes:
+        return None
+    mode = "fwd+bwd" if "fwd+bwd" in modes else "fwd"
+    base = [r for r in base if r["mode"] == mode]
+    impls = [i for i in IMPL_LABELS if any(r["impl"] == i for r in base)]
+    cases = collections.OrderedDict()
+    for r in base:
+        cases.setdefault((r["op"], r["batch"], r["length"]), {})[r["impl"]] = r
+    out_rows = []
+    for op in SUMMARY_OPS:
+        for (row_op, batch, length), by_impl in cases.items():
+            if row_op != op:
+                continue
+            name = f"{SUMMARY_OPS[op]} {batch}\u00d7{length}"
+            grads = {r.get("grad_wrt") for r in by_impl.values() if r["status"] == "ok"}
+            if op != "bpmll" and mode == "fwd+bwd" and len(grads) == 1:
+                name += " (both grads)" if grads == {"y_true, y_pred"} else " (y_pred grad)"
+            out_rows.append({
+                "case": name, "op": op, "batch": batch, "length": length,
+                "cells": {i: _summary_cell(by_impl.get(i)) for i in impls},
+                "median_ms": {i: by_impl[i]["median_s"] * 1e3 for i in impls
+                              if i in by_impl and by_impl[i]["status"] == "ok"},
+            })
+    return {"mode": mode, "columns": impls, "labels": [SUMMARY_LABELS[i] for i in impls], "rows": out_rows}
+
+
+def summary_markdown(table):
+    lines = ["| case | " + " | ".join(table["labels"]) + " |", "|---" * (len(table["labels"]) + 1) + "|"]
+    for row in table["rows"]:
+        lines.append("| " + " | ".join([row["case"]] + [row["cells"][i] for i in table["columns"]]) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------
 
@@ -199,13 +293,32 @@ def markdown(meta, rows):
         "",
         f"Peak memory: {_memory_method(rows)}.",
     ]
+    load = meta.get("load_average") or {}
+    if load.get("start") and load.get("end"):
+        lines += ["", "Load average (1, 5, 15 min) at the start: " + ", ".join(map(str, load["start"]))
+                  + "; at the end: " + ", ".join(map(str, load["end"])) + f" ({machine.get('nproc')} CPUs)."]
+    if meta.get("jax"):
+        lines += ["", _jax_line(meta["jax"])]
+    table = summary(rows)
+    if table is not None and table["rows"]:
+        what = "forward + backward (the gradient of the loss's mean)" if table["mode"] == "fwd+bwd" else "forward"
+        lines += ["", "## Summary", "",
+                  f"{what[0].upper() + what[1:]}, float32, median ms; the tables below have the spread, bandwidth "
+                  f"and memory of each.", ""]
+        lines += summary_markdown(table)
+        if any("\u2020" in cell for row in table["rows"] for cell in row["cells"].values()):
+            lines += ["", f"\u2020 Other processes used more than {NOISY_OTHERS_CPUS:g} CPUs on average while this "
+                          f"case was timed (the full tables' last column): its time is likely inflated."]
     for op in ("bpmll", "correlation", "ccc"):
         op_rows = [r for r in rows if r["op"] == op]
         if not op_rows:
             continue
         title, function, length_name = OP_TITLES[op]
         lines += ["", f"## {title}", ""]
-        lines.append(f"Fused: `{function}`; pure TF: `{meta['reference'][op]}`.")
+        line = f"Fused: `{function}`; pure TF: `{meta['reference'][op]}`"
+        if any(r["impl"] in ("jax_fused", "jax_pure") for r in op_rows):
+            line += f"; JAX fused: `{JAX_FORMS[op][0]}` under `jax.jit`; JAX pure: `{JAX_FORMS[op][1]}` under `jax.jit`"
+        lines.append(line + ".")
         lines.append("")
         lines += _table([r for r in op_rows if r["status"] == "ok"], length_name)
         missing = _not_run(op_rows)
@@ -221,15 +334,57 @@ def markdown(meta, rows):
     return "\n".join(lines) + "\n"
 
 
+MEMORY_METHODS = {
+    "tf-allocator": ("TF's CPU allocator statistics (peak during one call minus bytes in use before it, "
+                     "tf.config.experimental.get_memory_info); they miss allocations under 256 KiB, so cases whose "
+                     "y_pred is smaller read n/a"),
+    "vmhwm": "the process's peak resident size during one call minus its resident size before it (VmHWM)",
+    "xla-buffer-assignment": ("XLA's buffer assignment of the compiled step, temporaries plus outputs "
+                              "(compiled.memory_analysis()): planned, not measured, since jaxlib's CPU client keeps "
+                              "no allocator statistics; allocations inside the custom calls' handlers are not in it"),
+}
+
+
 def _memory_method(rows):
-    methods = {r.get("memory_method") for r in rows if r["status"] == "ok"}
-    if methods == {"tf-allocator"}:
-        return ("TF's CPU allocator statistics (peak during one call minus bytes in use before it, "
-                "tf.config.experimental.get_memory_info); they miss allocations under 256 KiB, so cases whose "
-                "y_pred is smaller read n/a")
-    if methods == {"vmhwm"}:
-        return "the process's peak resident size during one call minus its resident size before it (VmHWM)"
-    return "methods used: " + ", ".join(sorted(str(m) for m in methods))
+    methods = sorted({str(r.get("memory_method")) for r in rows if r["status"] == "ok"},
+                     key=lambda m: list(MEMORY_METHODS).index(m) if m in MEMORY_METHODS else len(MEMORY_METHODS))
+    if len(methods) == 1:
+        return MEMORY_METHODS.get(methods[0], "method " + methods[0])
+    parts = []
+    for m in methods:
+        who = "the JAX rows" if m == "xla-buffer-assignment" else "the TF rows"
+        parts.append(f"for {who}, {MEMORY_METHODS.get(m, 'method ' + m)}")
+    return "; ".join(parts)
+
+
+def _jax_line(jax):
+    if jax.get("error"):
+        return f"JAX: {jax['error']}"
+    text = (f"JAX {jax['jax']} (jaxlib {jax['jaxlib']}, Python {jax['python_version']}, {jax['python']}, "
+            f"devices {', '.join(jax['devices'])}), in its own worker process; package `{jax.get('package', '?')}`")
+    if jax.get("load"):
+        load = jax["load"]
+        text += f", handlers from `{load['library']}` (FFI API {load['library_ffi_api']} on {load['jaxlib_ffi_api']})"
+    elif jax.get("load_error"):
+        text += f"; the handler library did not load: {jax['load_error'].rstrip('.')}"
+    check = jax.get("self_check") or {}
+    if check.get("reason"):
+        text += f". Self-check not run: {check['reason']}"
+    else:
+        verdicts = []
+        for impl in ("jax_pure", "jax_fused"):
+            ops = check.get(impl, {})
+            ran = {op: c for op, c in ops.items() if c.get("ok") is not None}
+            if not ran:
+                continue
+            worst = max(max(c["max_rel_err"].values()) for c in ran.values())
+            state = "passed" if all(c["ok"] for c in ran.values()) else "FAILED"
+            verdicts.append(f"{IMPL_LABELS[impl]} {state} (largest error {worst:.2g} of each array's largest "
+                            f"element, tolerance {jax.get('self_check_rtol', 0):g})")
+        if verdicts:
+            text += (". Self-check of fwd+bwd against tests/helpers/numpy_reference.py (float64) on a 5-row case: "
+                     + "; ".join(verdicts))
+    return text + "."
 
 
 # --------------------------------------------------------------------------

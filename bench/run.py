@@ -9,7 +9,10 @@ one call, and reports medians with their spread, the fused op's speedup over
 each alternative, and the effective bandwidth against the machine's copy
 bandwidth. Cases run in worker subprocesses (bench/worker.py), one per op
 and size by default, so that a case that runs out of memory costs only its
-group. See docs/benchmarks.md for what each column means.
+group. The JAX columns (the fused handlers through jax.ffi, and the pure
+forms in jax.numpy, both under jax.jit) run in bench/jax_worker.py under a
+JAX interpreter (--jax-python), right after the TF worker of the same op and
+size. See docs/benchmarks.md for what each column means.
 """
 
 import argparse
@@ -31,13 +34,16 @@ sys.path.insert(0, HERE)
 import report  # noqa: E402  (bench/report.py, found through HERE)
 
 WORKER = os.path.join(HERE, "worker.py")
+JAX_WORKER = os.path.join(HERE, "jax_worker.py")
+JAX_LIBRARY_ENV = "TFL_CORE_LIBRARY"  # read by tf_fused_losses._jax_ops.library_path()
 RESULT_PREFIX = "RESULT "
 
 OPS = ("bpmll", "correlation", "ccc")
+JAX_IMPLS = ("jax_fused", "jax_pure")
 IMPLS = {
-    "bpmll": ("fused", "fused_xla", "graph", "xla", "pairwise", "peer"),
-    "correlation": ("fused", "fused_xla", "graph", "xla"),
-    "ccc": ("fused", "fused_xla", "graph", "xla"),
+    "bpmll": ("fused", "fused_xla", "graph", "xla", "pairwise", "peer") + JAX_IMPLS,
+    "correlation": ("fused", "fused_xla", "graph", "xla") + JAX_IMPLS,
+    "ccc": ("fused", "fused_xla", "graph", "xla") + JAX_IMPLS,
 }
 MODES = ("fwd", "fwd+bwd")
 BASELINE_DTYPES = "float32:float32"
@@ -65,7 +71,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, for a smoke test; writes no file unless asked")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of %(default)s")
-    p.add_argument("--impls", default="fused,fused_xla,graph,xla,pairwise,peer", help="comma-separated subset of %(default)s")
+    p.add_argument("--impls", default=",".join(IMPLS["bpmll"]), help="comma-separated subset of %(default)s")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %(default)s")
     p.add_argument("--bpmll-sizes", help=f"BxL list (default {DEFAULT_SIZES['bpmll']})")
     p.add_argument("--corr-sizes", help=f"BxT list for correlation and CCC (default {DEFAULT_SIZES['correlation']})")
@@ -94,6 +100,11 @@ def parse_args(argv=None):
     p.add_argument("--deps-dir", default=default_deps_dir(),
                    help="private pip --target dir for the bpmll peer and matplotlib (default %(default)s)")
     p.add_argument("--no-install", action="store_true", help="never pip-install the peer or matplotlib")
+    p.add_argument("--jax-python",
+                   help="Python interpreter with jax for the JAX columns (jax_fused, jax_pure); it needs no "
+                        "TensorFlow. Default: this interpreter if it can import jax, else the JAX columns are "
+                        "skipped, saying why. Its worker imports the package from <repo>/python and finds "
+                        "libtfl_core.so there (lib/) or at $TFL_CORE_LIBRARY")
     args = p.parse_args(argv)
 
     quick = args.quick
@@ -229,13 +240,29 @@ def _forward_progress(stream, tail):
             tail.append(line.rstrip("\n"))
 
 
-def run_worker(job):
-    """Runs one job; returns its (kind, payload) records and an error or None."""
+def jax_worker_env():
+    """The JAX worker's environment: this one, but PYTHONPATH=<repo>/python
+    alone (the checkout's package, and nothing meant for the TF interpreter);
+    TFL_CORE_LIBRARY passes through only where the user set it, else the
+    package's own lib/libtfl_core.so is used."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(ROOT, "python")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.Popen(
-        [sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    return env
+
+
+def run_worker(job, python=None, script=WORKER, env=None):
+    """Runs one job; returns its (kind, payload) records and an error or None."""
+    if env is None:
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        proc = subprocess.Popen(
+            [python or sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env
+        )
+    except OSError as e:
+        return [], f"could not start {python or sys.executable}: {e}"
     tail = collections.deque(maxlen=15)
     reader = threading.Thread(target=_forward_progress, args=(proc.stderr, tail), daemon=True)
     reader.start()
@@ -262,32 +289,112 @@ def run_worker(job):
     return records, why
 
 
-def run_all(args, groups):
+class JaxSide:
+    """The JAX interpreter, what its probe found, and why a JAX case cannot
+    run (None where it can)."""
+
+    def __init__(self, python, meta, reason):
+        self.python = python
+        self.meta = meta  # the probe's payload, or None
+        self.reason = reason  # why no JAX case runs, or None
+
+    def why_not(self, case):
+        """Why this JAX case is not run (status, reason), or None to run it."""
+        if self.reason:
+            return "skipped", self.reason
+        check = (self.meta.get("self_check") or {}).get(case["impl"], {}).get(case["op"])
+        if check and check.get("ok") is False:
+            errors = ", ".join(f"{k} {v:.2g}" for k, v in check["max_rel_err"].items())
+            return "failed", (f"self-check against tests/helpers/numpy_reference.py failed at {check['size']} "
+                              f"(relative errors {errors}; tolerance {self.meta['self_check_rtol']:g})")
+        if case["impl"] == "jax_fused" and self.meta.get("load_error"):
+            reason = self.meta["load_error"]
+            built = os.path.join(ROOT, "build", "cmake", "lib", "libtfl_core.so")
+            if not os.environ.get(JAX_LIBRARY_ENV) and os.path.isfile(built):
+                reason += f" (a build is at {built}: {JAX_LIBRARY_ENV}={built} python bench/run.py ...)"
+            return "skipped", reason
+        return None
+
+
+def probe_jax(args, config):
+    """Finds the JAX interpreter and runs the JAX worker's probe (versions,
+    the handler library, the self-check) once; returns a JaxSide."""
+    wanted = [i for i in JAX_IMPLS if i in args.impls]
+    if not wanted:
+        return JaxSide(None, None, "not asked for (--impls)")
+    python = args.jax_python or sys.executable
+    where = "--jax-python" if args.jax_python else "this interpreter (pass --jax-python PATH for another)"
+    records, error = run_worker({"config": config, "probe": True, "cases": []}, python, JAX_WORKER, jax_worker_env())
+    meta = next((payload for kind, payload in records if kind == "meta"), None)
+    if meta is None:
+        return JaxSide(python, None, f"the JAX worker did not start under {python} ({where}): {error}")
+    if meta.get("error"):
+        return JaxSide(python, meta, f"{meta['error']} ({where})")
+    return JaxSide(python, meta, None)
+
+
+def _case_line(total, case, status, reason):
+    return (f"[{case['index']:>3}/{total}] {case['op']} B={case['batch']} L={case['length']} "
+            f"{case['pred_dtype']}/{case['label_dtype']} {case['mode']} {case['impl']}: {status}: {reason}")
+
+
+def _run_part(job, cases, python, script, env, total):
+    """Runs cases in one worker; returns (meta or None, results in the cases' order, error)."""
+    records, error = run_worker(dict(job, cases=cases), python, script, env)
+    meta, done = None, []
+    for kind, payload in records:
+        if kind == "meta":
+            meta = payload
+        else:
+            done.append(payload)
+    for case in cases[len(done):]:
+        failed = dict(case, status="failed", reason=error or "worker stopped early")
+        print(_case_line(total, case, "failed", failed["reason"]), file=sys.stderr, flush=True)
+        done.append(failed)
+    return meta, done, error
+
+
+def run_all(args, groups, jax_side=None):
+    """Runs every job: its TF cases in bench/worker.py, then its JAX cases in
+    bench/jax_worker.py; returns the TF worker's metadata and the results in
+    the plan's order."""
     config = worker_config(args)
     jobs = plan_jobs(groups, args.isolate)
     total = sum(len(job) for job in jobs)
+    index = 0
+    for job in jobs:
+        for case in job:
+            index += 1
+            case["index"] = index
     meta, results = None, []
     if args.isolate != "none":
         jobs.insert(0, [])  # the copy bandwidth and versions, alone in a process
-    first_index = 0
     for number, cases in enumerate(jobs):
-        job = {"config": config, "cases": cases, "meta": number == 0, "first_index": first_index, "total": total}
-        records, error = run_worker(job)
-        done = []
-        for kind, payload in records:
-            if kind == "meta":
-                meta = payload
+        job = {"config": config, "meta": number == 0, "total": total}
+        tf_cases = [c for c in cases if c["impl"] not in JAX_IMPLS]
+        jax_cases = [c for c in cases if c["impl"] in JAX_IMPLS]
+        by_index = {}
+        if tf_cases or number == 0:
+            tf_meta, done, error = _run_part(job, tf_cases, None, WORKER, None, total)
+            meta = tf_meta or meta
+            if number == 0 and meta is None:
+                raise SystemExit(f"the benchmark worker could not start: {error}")
+            by_index.update((r["index"], r) for r in done)
+        runnable = []
+        for case in jax_cases:
+            why = jax_side.why_not(case) if jax_side is not None else ("skipped", "no JAX interpreter")
+            if why is None:
+                runnable.append(case)
             else:
-                done.append(payload)
-        for case in cases[len(done):]:
-            failed = dict(case, status="failed", reason=error or "worker stopped early")
-            print(f"[---/{total}] {case['op']} B={case['batch']} L={case['length']} {case['mode']} {case['impl']}: "
-                  f"failed: {failed['reason']}", file=sys.stderr, flush=True)
-            done.append(failed)
-        if number == 0 and meta is None:
-            raise SystemExit(f"the benchmark worker could not start: {error}")
-        results.extend(done)
-        first_index += len(cases)
+                by_index[case["index"]] = dict(case, status=why[0], reason=why[1])
+                print(_case_line(total, case, *why), file=sys.stderr, flush=True)
+        if runnable:
+            _, done, _ = _run_part(dict(job, meta=False), runnable, jax_side.python, JAX_WORKER, jax_worker_env(),
+                                   total)
+            by_index.update((r["index"], r) for r in done)
+        results.extend(by_index[c["index"]] for c in cases)
+    for r in results:
+        r.pop("index", None)
     return meta, results
 
 
@@ -390,14 +497,23 @@ def machine_description():
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
+    load_at_start = _load_average()
     notes = []
     ensure_peer(args, notes)
     groups = plan_groups(args)
-    meta, results = run_all(args, groups)
+    jax_side = probe_jax(args, worker_config(args)) if any(
+        c["impl"] in JAX_IMPLS for group in groups for c in group) else None
+    if jax_side is not None and jax_side.reason:
+        notes.append(f"JAX columns skipped: {jax_side.reason}")
+        print(f"JAX columns skipped: {jax_side.reason}", file=sys.stderr, flush=True)
+    meta, results = run_all(args, groups, jax_side)
+    if jax_side is not None and jax_side.meta is not None:
+        meta["jax"] = jax_side.meta
     meta["machine"] = machine_description()
     meta["command"] = " ".join(["python", "bench/run.py"] + list(sys.argv[1:] if argv is None else argv))
     meta["config"] = worker_config(args)
     meta["notes"] = notes
+    meta["load_average"] = {"start": load_at_start, "end": _load_average()}
     rows = report.derive(results, meta["copy_bandwidth"]["reference_gbps"])
     markdown = report.markdown(meta, rows)
     print(markdown)
@@ -409,10 +525,19 @@ def main(argv=None):
             report.plot(plt, rows, args.plot)
             meta["plot"] = args.plot
     if args.json:
-        _write(args.json, json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+        _write(args.json, json.dumps({"meta": meta, "summary": report.summary(rows), "results": rows}, indent=1) + "\n")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"finished {len(rows)} cases in {time.time() - started:.0f} s", file=sys.stderr)
+
+
+def _load_average():
+    """The 1, 5 and 15 minute load averages, or None: other work on the
+    machine during a run shows up in its timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _write(path, text):

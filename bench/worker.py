@@ -7,11 +7,8 @@ keeps what was done), and one progress line per case on stderr.
 
 import gc
 import json
-import math
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +18,9 @@ import tensorflow as tf
 import tf_fused_losses
 from tf_fused_losses import reference
 
-RESULT_PREFIX = "RESULT "
+# bench/harness.py, found through the script's directory (sys.path[0]).
+from harness import case_indices, emit, make_arrays, progress, time_case
+from harness import timed as _timed
 
 # Seed formulas that have no counterpart in reference.py yet.
 
@@ -118,21 +117,9 @@ def reference_name(op):
 
 
 def make_inputs(op, batch, length, pred_dtype, label_dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    if op == "bpmll":
-        logits = rng.standard_normal((batch, length), dtype=np.float32)
-        labels = rng.random((batch, length), dtype=np.float32) < 0.1
-        # Every row has a pair, so that the seed forms stay finite.
-        labels[:, 0] = True
-        labels[:, min(1, length - 1)] = False
-        y_true = tf.cast(tf.constant(labels), label_dtype)
-        y_pred = tf.cast(tf.constant(logits), pred_dtype)
-    else:
-        target = rng.standard_normal((batch, length), dtype=np.float32)
-        noise = rng.standard_normal((batch, length), dtype=np.float32)
-        y_true = tf.cast(tf.constant(target), label_dtype)
-        y_pred = tf.cast(tf.constant(0.5 * target + noise), pred_dtype)
-    return y_true, y_pred
+    """harness.make_arrays as TF tensors in the case's dtypes."""
+    y_true, y_pred = make_arrays(op, batch, length, seed)
+    return tf.cast(tf.constant(y_true), label_dtype), tf.cast(tf.constant(y_pred), pred_dtype)
 
 
 def pairwise_bytes(batch, length):
@@ -265,55 +252,6 @@ class PeakMemory:
         return None, seconds
 
 
-# Calls longer than this get no warm-up beyond the tracing call and the
-# memory call: their per-call overheads are small against their run time.
-LONG_CALL_SECONDS = 0.25
-
-
-def time_calls(call, config, estimate):
-    """Timed calls after the warm-up, as many as fit the case's budget.
-
-    `estimate` is the duration of one warm call. The repeats fill
-    case_seconds within [min_repeats, max_repeats], but a slow case stops at
-    case_max_seconds (with at least 3 calls, or min_repeats if fewer).
-    """
-    if estimate < LONG_CALL_SECONDS:
-        for _ in range(config["warmup"] - 2):
-            call()
-    estimate = max(estimate, 1e-6)
-    repeats = max(config["min_repeats"], min(config["max_repeats"], math.ceil(config["case_seconds"] / estimate)))
-    cap = max(min(3, config["min_repeats"]), int(config["case_max_seconds"] / estimate))
-    repeats = min(repeats, cap)
-    times = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
-
-
-def summarize(times):
-    ordered = sorted(times)
-    if len(ordered) >= 2:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1 = q3 = ordered[0]
-    return {
-        "median_s": statistics.median(ordered),
-        "q1_s": q1,
-        "q3_s": q3,
-        "min_s": ordered[0],
-        "max_s": ordered[-1],
-        "repeats": len(ordered),
-    }
-
-
 # --------------------------------------------------------------------------
 # Copy bandwidth and the job's metadata
 # --------------------------------------------------------------------------
@@ -345,13 +283,6 @@ def copy_bandwidth(megabytes, trials=5):
         "tf_negate_gbps": tf_gbps,
         "reference_gbps": max(numpy_gbps, tf_gbps),
     }
-
-
-def _timed(fn):
-    """(seconds, result) of one call; the result is dropped by the caller."""
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def metadata():
@@ -404,28 +335,12 @@ def run_case(case, inputs, memory, config, grad_both):
         result["peak_extra_bytes"], estimate = memory.measure(call)
         result["memory_method"] = memory.method
         result["memory_floor_bytes"] = memory.floor_bytes
-        result.update(summarize(time_calls(call, config, estimate)))
+        result.update(time_case(call, config, estimate))
     except (tf.errors.OpError, ValueError, TypeError, MemoryError) as e:
         result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
         return result
     result["status"] = "ok"
     return result
-
-
-def _progress(index, total, case, result):
-    where = (
-        f"[{index:>3}/{total}] {case['op']} B={case['batch']} L={case['length']} "
-        f"{case['pred_dtype']}/{case['label_dtype']} {case['mode']} {case['impl']}"
-    )
-    if result["status"] == "ok":
-        what = f"median {result['median_s'] * 1e3:.3f} ms over {result['repeats']}"
-    else:
-        what = f"{result['status']}: {result['reason']}"
-    print(f"{where}: {what}", file=sys.stderr, flush=True)
-
-
-def _emit(kind, payload):
-    print(RESULT_PREFIX + json.dumps({"kind": kind, "payload": payload}), flush=True)
 
 
 def run_job(job):
@@ -435,16 +350,15 @@ def run_job(job):
     if job.get("meta"):
         meta = metadata()
         meta["copy_bandwidth"] = copy_bandwidth(config["copy_mb"])
-        _emit("meta", meta)
+        emit("meta", meta)
     if not job["cases"]:
         return
     memory = PeakMemory()
     grad_both = {
         op: config["corr_grad"] == "both" and fused_grads_both_inputs(op) for op in {c["op"] for c in job["cases"]}
     }
-    index = job["first_index"]
     inputs_key, inputs = None, None
-    for case in job["cases"]:
+    for index, case in zip(case_indices(job), job["cases"]):
         key = (case["op"], case["batch"], case["length"], case["pred_dtype"], case["label_dtype"])
         if key != inputs_key:
             inputs = None
@@ -454,9 +368,8 @@ def run_job(job):
             )
             inputs_key = key
         result = run_case(case, inputs, memory, config, grad_both)
-        index += 1
-        _progress(index, job["total"], case, result)
-        _emit("case", result)
+        progress(index, job["total"], case, result)
+        emit("case", result)
 
 
 def main():

@@ -97,10 +97,13 @@ def test_quick_run_writes_a_row_per_case(tmp_path):
         for row, r in zip(rows, ok):
             assert row[0] == str(r["batch"]) and row[1] == str(r["length"])
             assert row[4] == report.IMPL_LABELS[r["impl"]]
+            speedup = row[report.COLUMNS.index("fused speedup")]
             if r["impl"] == "fused":
-                assert row[-1] == "-"
+                assert speedup == "-"
             elif r["fused_speedup"] is not None:
-                assert row[-1] == f"{r['fused_speedup']:.3g}x"
+                assert speedup == f"{r['fused_speedup']:.3g}x"
+            assert r["others_cpus"] is None or r["others_cpus"] >= 0
+            assert row[-1] == ("?" if r["others_cpus"] is None else f"{r['others_cpus']:.2f}")
     assert markdown.count("\n- [") == len(report.targets(results))
 
 
@@ -288,6 +291,8 @@ def test_summary_is_the_readme_table():
     assert bpmll["median_ms"]["jax_pure"] == pytest.approx(28.3)
     assert corr["case"] == "Pearson 64\u00d7100000 (both grads)"
     assert corr["cells"] == {"fused": "7.74", "xla": "", "pairwise": "", "jax_fused": "skipped", "jax_pure": ""}
+    noisy = report.derive([_result("jax_pure", 0.0283, others_cpus=report.NOISY_OTHERS_CPUS + 0.1)], 20.0)
+    assert report.summary(noisy)["rows"][0]["cells"]["jax_pure"] == "28.3 \u2020"
     lines = report.summary_markdown(table)
     assert lines[0] == "| case | fused | pure TF XLA | seed pairwise | JAX fused (ffi) | JAX pure (jit) |"
     assert lines[2] == "| BP-MLL 256\u00d730000 | 5.85 | 19.7 | needs 1.8 TB | 6.10 | 28.3 |"
