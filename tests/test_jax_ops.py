@@ -12,7 +12,6 @@ after); test_x64_disabled runs the float32 path without it.
 """
 
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -33,23 +32,7 @@ from helpers.reference_checks import DTYPES, INF, NAN  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE_FILE = os.path.join(ROOT, "python", "tf_fused_losses", "_jax_ops.py")
-
-
-def _import_jax_ops():
-    """tf_fused_losses._jax_ops; straight from its file where the package's
-    __init__ cannot be imported here (it needs TensorFlow)."""
-    try:
-        return importlib.import_module("tf_fused_losses._jax_ops")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("_tfl_jax_ops_under_test", MODULE_FILE)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-jo = _import_jax_ops()
+jo = importlib.import_module("tf_fused_losses._jax_ops")
 if not os.path.isfile(jo.library_path()):
     pytest.skip(
         f"libtfl_core.so is not at {jo.library_path()} (build it, or set {jo.LIBRARY_ENV})", allow_module_level=True
@@ -172,13 +155,11 @@ def test_ffi_api_version_check(library, jaxlib_api, problem):
 
 LOAD_SCRIPT = textwrap.dedent(
     """
-    import importlib.util, json, os, sys, threading
-    spec = importlib.util.spec_from_file_location("jax_ops", sys.argv[1])
-    jo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(jo)
+    import json, os, sys, threading
+    import tf_fused_losses._jax_ops as jo
     out = {}
     good = os.environ["TFL_CORE_LIBRARY"]
-    for name, path in json.loads(sys.argv[2]).items():
+    for name, path in json.loads(sys.argv[1]).items():
         os.environ["TFL_CORE_LIBRARY"] = path
         try:
             jo.load()
@@ -239,7 +220,7 @@ def test_load_errors_and_threads_in_a_fresh_process(tmp_path):
                        check=True, timeout=120)
         cases["newer_api"] = str(tmp_path / "newer.so")
     env = dict(os.environ, TFL_CORE_LIBRARY=jo.library_path())
-    proc = subprocess.run([sys.executable, str(script), jo.__file__, json.dumps(cases)], capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), json.dumps(cases)], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -42,6 +42,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from ._validation import check_epsilon
+
 LIBRARY_NAME = "libtfl_core.so"
 LIBRARY_ENV = "TFL_CORE_LIBRARY"
 
@@ -264,7 +266,6 @@ def load():
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 LABEL_DTYPES = FLOAT_DTYPES + ("int32", "int64", "uint8", "bool")
 _LAYOUT = "(batch, steps) or (batch, steps, 1)"
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _dtype_name(x):
@@ -299,17 +300,6 @@ def _batch_steps(name, x):
     if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 1):
         raise ValueError(f"{name} must be {_LAYOUT}; got shape {tuple(x.shape)}")
     return tuple(x.shape[:2])
-
-
-def _check_epsilon(epsilon):
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
-    epsilon = float(epsilon)
-    if not (math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
-    if epsilon > _FLOAT32_MAX:  # the handlers' attribute is a float32
-        raise ValueError(f"epsilon must be at most {_FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
-    return epsilon
 
 
 def _mask_argument(mask, batch_steps):
@@ -541,7 +531,7 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
             f"y_true and y_pred must have the same (batch, steps); got y_true {tuple(y_true.shape)} and "
             f"y_pred {tuple(y_pred.shape)}"
         )
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if mask is not None:
         mask = _mask_argument(mask, pred_steps)
     # (batch, steps, 1) as (batch, steps): a bitcast in XLA; the gradients

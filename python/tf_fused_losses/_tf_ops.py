@@ -13,7 +13,7 @@ call, so that they can be replaced there (the tests record op calls so).
 import tensorflow as tf
 
 from . import _loader, bpmll, correlation, reference
-from ._validation import check_float_dtype, check_label_dtype, check_rank, check_same_shape
+from ._validation import check_epsilon, check_float_dtype, check_label_dtype, check_rank, check_same_shape
 
 
 def load_ops():
@@ -103,7 +103,7 @@ def _sequence_loss(y_true, y_pred, epsilon, mask, concordance):
             f"y_true and y_pred must have the same (batch, steps); got y_true {y_true.shape} and y_pred {y_pred.shape}"
         )
     batch_steps = true_steps.merge_with(pred_steps)
-    epsilon = correlation._check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if mask is not None:
         mask = _mask_argument(mask, batch_steps)
     if correlation.use_pure_tf():

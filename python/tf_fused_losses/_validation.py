@@ -2,7 +2,10 @@
 expected. Framework-free: they read `.dtype` and `.shape` of TF tensors,
 numpy and JAX arrays and torch tensors alike, and say the same on each."""
 
+import math
+
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 LABEL_DTYPES = FLOAT_DTYPES + ("int32", "int64", "uint8", "bool")
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
@@ -79,3 +82,17 @@ def check_same_shape(y_true, y_pred):
         raise ValueError(
             f"y_true and y_pred must have the same shape; got y_true {shape_text(y_true)} and y_pred {shape_text(y_pred)}"
         )
+
+
+def check_epsilon(epsilon):
+    """epsilon as a float, checked: a Python number, finite, >= 0, and at
+    most the float32 maximum (the ops' and the FFI handlers' attribute is a
+    float32)."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
+    epsilon = float(epsilon)
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
+    if epsilon > FLOAT32_MAX:
+        raise ValueError(f"epsilon must be at most {FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
+    return epsilon

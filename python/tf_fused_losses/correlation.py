@@ -7,30 +7,13 @@ the JAX one in `_jax_ops`, the keras.ops forms in `_keras_ops`, the Keras
 classes in `losses` (reached through this module's `CorrelationLoss` and
 `CCCLoss`)."""
 
-import math
-
-import numpy as np
-
 from . import _dispatch
 from ._loader import ops, use_pure_tf  # noqa: F401  (the TF path looks them up here)
-from ._validation import check_float_dtype, dims_compatible, dtype_name, is_numeric, rank_of, shape_text, static_dims
+from ._validation import check_epsilon, check_float_dtype, dims_compatible, dtype_name, is_numeric, rank_of, shape_text, static_dims
 
 __all__ = ["CCCLoss", "CorrelationLoss", "ccc_loss", "correlation_loss"]
 
 LAYOUT = "(batch, steps) or (batch, steps, 1)"
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _check_epsilon(epsilon):
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
-    epsilon = float(epsilon)
-    if not (math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
-    if epsilon > _FLOAT32_MAX:  # the op's attribute is a float32
-        raise ValueError(f"epsilon must be at most {_FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
-    return epsilon
 
 
 @_dispatch.not_converted
@@ -120,7 +103,7 @@ def backend_loss(framework, y_true, y_pred, epsilon, mask, concordance):
             f"{shape_text(y_pred)}"
         )
     batch_steps = tuple(a if a is not None else b for a, b in zip(true_steps, pred_steps))
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if mask is not None:
         (mask,) = _dispatch.as_arrays(framework, mask)
         if not is_numeric(dtype_name(mask.dtype)):

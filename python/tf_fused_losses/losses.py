@@ -14,6 +14,7 @@ import threading
 import keras
 
 from . import _dispatch, bpmll, correlation
+from ._validation import check_epsilon
 
 try:
     from keras.src.backend import get_keras_mask as _get_keras_mask
@@ -69,7 +70,7 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
 
     def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.epsilon = correlation._check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Loss.__call__ converts y_pred before call(), which can drop the
