@@ -8,19 +8,12 @@
 #   tools/check_jax_env.sh        (TFL_CUDA=off by default here: CI compiles the
 #                                  CUDA handlers in `make test` already)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d -t tfl-jax-env.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-started=$SECONDS
-log() { printf '==> [%4ds] %s\n' $((SECONDS - started)) "$*" >&2; }
-# pip without this machine's warnings about configured index folders that do not exist.
-pip_in() { "$1/bin/pip" "${@:2}" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+source "$(dirname "$0")/check_env_lib.sh" tfl-jax-env
 tests=(tests/test_jax_ops.py tests/test_keras_ops_path.py tests/test_backends.py)
 
 venv=$work/venv
 log "fresh venv: jax[cpu], keras, numpy (no TensorFlow)"
-python3 -m venv "$venv"
-pip_in "$venv" install -q --upgrade pip
+fresh_venv "$venv"
 pip_in "$venv" install -q "jax[cpu]" keras numpy pytest hypothesis scipy
 log "pip install $root (isolated build, TFL_CUDA=${TFL_CUDA:-off})"
 TFL_CUDA=${TFL_CUDA:-off} TFL_BUILD_DIR=$work/cmake pip_in "$venv" install -q "$root"
@@ -30,8 +23,7 @@ if "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec(
 fi
 "$venv/bin/pip" list 2>/dev/null | grep -iE "^(jax|jaxlib|keras|tf-fused-losses) "
 
-mkdir -p "$work/tree"
-tar -C "$root" -c tests pyproject.toml | tar -C "$work/tree" -x
+copy_tests tests
 log "tests on KERAS_BACKEND=jax: ${tests[*]}"
 (cd "$work/tree" && KERAS_BACKEND=jax "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}")
 

@@ -9,26 +9,16 @@
 #
 #   tools/check_wheel_install.sh WHEEL MINOR [MINOR...]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
 wheel=$(realpath "${1:?usage: check_wheel_install.sh WHEEL MINOR...}")
 shift
 (($#)) || { echo "name at least one TensorFlow minor" >&2; exit 2; }
-work=$(mktemp -d -t tfl-wheel-check.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-started=$SECONDS
-log() { printf '==> [%4ds] %s\n' $((SECONDS - started)) "$*" >&2; }
-# pip without this machine's warnings about configured index folders that do not exist.
-pip_in() { "$1/bin/pip" "${@:2}" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
-
-# The tests without python/: they must import the installed package.
-mkdir -p "$work/tree"
-tar -C "$root" -c tests bench cc cuda pyproject.toml | tar -C "$work/tree" -x
+source "$(dirname "$0")/check_env_lib.sh" tfl-wheel-check
+copy_tests tests bench cc cuda
 
 for minor in "$@"; do
     venv=$work/venv-$minor
     log "TensorFlow $minor: fresh venv with tensorflow-cpu==$minor.*"
-    python3 -m venv "$venv"
-    pip_in "$venv" install -q --upgrade pip
+    fresh_venv "$venv"
     pip_in "$venv" install -q "tensorflow-cpu==$minor.*"
     pip_in "$venv" install -q --dry-run --report "$work/plan-$minor.json" "$wheel"
     "$venv/bin/python" - "$work/plan-$minor.json" <<'PY'
