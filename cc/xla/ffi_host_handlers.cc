@@ -7,10 +7,12 @@
 #include <sstream>
 
 #include "bpmll_cpu.h"
+#include "bpmll_ids_cpu.h"
 #include "correlation_cpu.h"
 #include "correlation_math.h"
 #include "ffi_common.h"
 #include "ffi_handlers.h"
+#include "ffi_ids_common.h"
 #include "parallel_for.h"
 
 namespace tf_fused_losses {
@@ -158,6 +160,31 @@ ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_los
   });
 }
 
+ffi::Error BpmllIdsLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer label_ids, ffi::AnyBuffer y_pred,
+                            ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
+  constexpr const char* kOp = "FusedBpmllIdsLoss";
+  RowShape shape;
+  int64_t width = 0;
+  if (ffi::Error e = BpmllIdsShape(kOp, label_ids, y_pred, &shape, &width); e.failure()) return e;
+  FfiParallelFor parallel(&pool);
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    return WithIdType(kOp, label_ids.element_type(), [&](auto id) {
+      using TId = decltype(id);
+      const BpmllIdsLossArgs<T, TId> args{static_cast<const TId*>(label_ids.untyped_data()),
+                                          width,
+                                          static_cast<const T*>(y_pred.untyped_data()),
+                                          shape.rows,
+                                          shape.length,
+                                          static_cast<T*>(loss->untyped_data()),
+                                          static_cast<T*>(grad->untyped_data())};
+      const BpmllBadLabelId bad = RunBpmllIdsLossCpu(args, parallel);
+      if (bad.row < 0) return ffi::Error::Success();
+      return InvalidArgument(std::string(kOp) + ": " + BpmllBadLabelIdMessage(bad, shape.length));
+    });
+  });
+}
+
 }  // namespace
 }  // namespace ffi_frontend
 }  // namespace tf_fused_losses
@@ -174,3 +201,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossHost, tfl_ffi::CorrelationLossIm
                               tfl_ffi::CorrelationLossSignature(HostBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradHost, tfl_ffi::CorrelationLossGradImpl,
                               tfl_ffi::CorrelationLossGradSignature(HostBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllIdsLossHost, tfl_ffi::BpmllIdsLossImpl,
+                              tfl_ffi::BpmllLossSignature(HostBinding()));

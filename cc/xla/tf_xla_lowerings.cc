@@ -30,6 +30,7 @@ const XLA_FFI_Api* GetXlaFfiApi();
 
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS, "Host", TflBpmllLossHost);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS_GRAD, "Host", TflBpmllLossGradHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_IDS_LOSS, "Host", TflBpmllIdsLossHost);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS, "Host", TflCorrelationLossHost);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, "Host",
                          TflCorrelationLossGradHost);
@@ -90,18 +91,31 @@ absl::StatusOr<std::vector<int64_t>> InputDims(XlaOpKernelContext* ctx, int i) {
   return std::vector<int64_t>(shape->dimensions().begin(), shape->dimensions().end());
 }
 
+// FusedBpmllLoss(y_true, y_pred), and FusedBpmllIdsLoss(label_ids, y_pred)
+// with target TFL_FFI_TARGET_BPMLL_IDS_LOSS: both give (loss, grad) shaped
+// by y_pred.
 class BpmllLossLowering : public XlaOpKernel {
  public:
-  explicit BpmllLossLowering(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {}
+  explicit BpmllLossLowering(tensorflow::OpKernelConstruction* ctx, const char* target = TFL_FFI_TARGET_BPMLL_LOSS)
+      : XlaOpKernel(ctx), target_(target) {}
   void Compile(XlaOpKernelContext* ctx) override {
     absl::StatusOr<std::vector<int64_t>> dims = InputDims(ctx, 1);
     OP_REQUIRES_OK(ctx, dims.status());
     OP_REQUIRES(ctx, dims->size() == 2,
-                tensorflow::errors::InvalidArgument("FusedBpmllLoss: y_pred must be rank 2 (batch, labels), got ",
+                tensorflow::errors::InvalidArgument(type_string(), ": y_pred must be rank 2 (batch, labels), got ",
                                                     dims->size(), " dimensions"));
     const xla::PrimitiveType type = ctx->input_xla_type(1);
-    EmitCustomCall(ctx, TFL_FFI_TARGET_BPMLL_LOSS, 2, {RowMajor(type, {(*dims)[0]}), RowMajor(type, *dims)}, "");
+    EmitCustomCall(ctx, target_, 2, {RowMajor(type, {(*dims)[0]}), RowMajor(type, *dims)}, "");
   }
+
+ private:
+  const char* target_;
+};
+
+class BpmllIdsLossLowering : public BpmllLossLowering {
+ public:
+  explicit BpmllIdsLossLowering(tensorflow::OpKernelConstruction* ctx)
+      : BpmllLossLowering(ctx, TFL_FFI_TARGET_BPMLL_IDS_LOSS) {}
 };
 
 class BpmllLossGradLowering : public XlaOpKernel {
@@ -181,9 +195,12 @@ const absl::string_view kXlaDevices[] = {
     tensorflow::DEVICE_GPU_XLA_JIT,
 #endif
 };
+// FusedBpmllIdsLoss has no CUDA handler yet: its lowering serves the CPU only.
+const absl::string_view kIdsXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT};
 
 REGISTER_XLA_OP(Name("FusedBpmllLoss").Device(kXlaDevices), BpmllLossLowering);
 REGISTER_XLA_OP(Name("FusedBpmllLossGrad").Device(kXlaDevices), BpmllLossGradLowering);
+REGISTER_XLA_OP(Name("FusedBpmllIdsLoss").Device(kIdsXlaDevices), BpmllIdsLossLowering);
 REGISTER_XLA_OP(Name("FusedCorrelationLoss").Device(kXlaDevices), CorrelationLossLowering);
 REGISTER_XLA_OP(Name("FusedCorrelationLossGrad").Device(kXlaDevices), CorrelationLossGradLowering);
 
@@ -224,6 +241,9 @@ const bool kLateRegistration = [] {
     if (!tensorflow::XlaOpRegistry::IsBackendRegistered(device)) continue;
     RegisterLate(device, "FusedBpmllLoss", &CreateLowering<BpmllLossLowering>);
     RegisterLate(device, "FusedBpmllLossGrad", &CreateLowering<BpmllLossGradLowering>);
+    if (device == tensorflow::DEVICE_CPU_XLA_JIT) {
+      RegisterLate(device, "FusedBpmllIdsLoss", &CreateLowering<BpmllIdsLossLowering>);
+    }
     RegisterLate(device, "FusedCorrelationLoss", &CreateLowering<CorrelationLossLowering>);
     RegisterLate(device, "FusedCorrelationLossGrad", &CreateLowering<CorrelationLossGradLowering>);
   }
