@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import tf_fused_losses as tfl
 from helpers import subprocess_env
+from helpers.label_ids import assert_same_bits, dense_of, random_ids
 from tf_fused_losses import _ids_tf, _loader
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
@@ -23,32 +24,6 @@ ID_DTYPES = ["int32", "int64"]
 # (>= 16 rows), the piece path (few long rows; 65537 is one past the
 # whole-row limit), K = 0 (padding only).
 SHAPES = [(0, 5, 3), (3, 1, 2), (4, 37, 6), (3, 2049, 9), (20, 3000, 12), (2, 65537, 7), (3, 70001, 5), (5, 40, 0)]
-
-
-def bits(x):
-    return np.asarray(x).view(np.uint8)
-
-
-def assert_same_bits(got, want, what):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype, want.dtype)
-    differ = (bits(got) != bits(want)).reshape(got.size, -1).any(axis=1) if got.size else np.zeros(0, bool)
-    assert not differ.any(), f"{what}: ids and dense differ at flat {np.flatnonzero(differ)[:5]}: {got} vs {want}"
-
-
-def random_ids(rng, batch, labels, width):
-    """(batch, width) ids, -1 padding anywhere, some repeats, and the uint8
-    matrix they stand for."""
-    ids = np.full((batch, width), -1, np.int64)
-    dense = np.zeros((batch, labels), np.uint8)
-    for i in range(batch):
-        count = int(rng.integers(0, width + 1)) if labels else 0
-        chosen = rng.integers(0, labels, size=count)
-        if count > 1 and rng.random() < 0.5:
-            chosen[-1] = chosen[0]  # a repeated id counts once
-        ids[i, rng.permutation(width)[:count]] = chosen
-        dense[i, chosen] = 1
-    return ids, dense
 
 
 def logits(rng, shape, dtype):
@@ -89,9 +64,7 @@ def test_rows_with_all_none_or_padding_only_positives(rng, dtype):
             [-1, -1, -1, -1, -1, -1, -1, -1, -1, 0],  # padding first
         ]
     )
-    dense = np.zeros((len(ids), labels), np.uint8)
-    for i, row in enumerate(ids):
-        dense[i, row[row >= 0]] = 1
+    dense = dense_of(ids, labels)
     c = logits(rng, dense.shape, dtype)
     assert_ids_equal_dense(tf.constant(ids), dense, c, dtype)
     loss, grad = ids_op(tf.constant(ids), c)
@@ -116,8 +89,9 @@ def test_dominating_positives_lose_nothing_to_cancellation():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
-def test_nan_and_infinite_logits_follow_the_dense_rule(rng, dtype):
-    labels = 6
+def test_nan_and_infinite_logits_follow_the_dense_rule(dtype):
+    # (ids, logits): the rows of docs/semantics.md's table, a NaN logit with
+    # and without pairs, every label positive at +inf, overflowing logits.
     rows = [
         ([0], [np.inf, 0, 1, 2, 3, 4]),
         ([0], [-np.inf, 0, 1, 2, 3, 4]),
@@ -125,25 +99,14 @@ def test_nan_and_infinite_logits_follow_the_dense_rule(rng, dtype):
         ([0], [0, np.inf, -np.inf, 0, 0, 0]),
         ([1, 2], [0, np.nan, 0, 0, 0, 0]),
         ([], [np.nan, 0, 0, 0, 0, 0]),
-        (list(range(labels)), [np.inf] * labels),
+        ([5, 4, 3, 2, 1, 0], [np.inf] * 6),
         ([5], [-800, 800, 0, 0, 0, -800]),
     ]
-    ids = np.full((len(rows), 3), -1)
-    dense = np.zeros((len(rows), labels), np.uint8)
-    c = np.zeros((len(rows), labels))
-    for i, (positives, row) in enumerate(rows):
-        ids[i, : len(positives[:3])] = positives[:3]
-        dense[i, positives[:3]] = 1
-        c[i] = row
-    ids[6] = [-1, -1, -1]  # the "all positive" row needs all six ids: use a row of its own below
-    dense[6] = 0
-    c = tf.cast(tf.constant(c), dtype)
-    assert_ids_equal_dense(tf.constant(ids), dense, c, f"non-finite {dtype}")
-    all_positive = tf.constant([list(range(labels))])
-    loss, grad = ids_op(all_positive, c[6:7])
-    assert_same_bits(loss, dense_op(np.ones((1, labels), np.uint8), c[6:7])[0], "all positive at +inf")
-    loss, _ = ids_op(tf.constant(ids), c)
-    assert np.isnan(tf.cast(loss, tf.float64).numpy()[[2, 4, 5]]).all()
+    ids = np.array([positives + [-1] * (6 - len(positives)) for positives, _ in rows])
+    c = tf.cast(tf.constant([row for _, row in rows]), dtype)
+    assert_ids_equal_dense(tf.constant(ids), dense_of(ids, 6), c, f"non-finite {dtype}")
+    loss = tf.cast(ids_op(tf.constant(ids), c)[0], tf.float64).numpy()
+    assert np.isnan(loss[[2, 4, 5]]).all() and loss[1] == np.inf and loss[0] == 0 and loss[6] == 0
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -11,9 +11,7 @@ Importing this module registers the gradient.
 import tensorflow as tf
 
 from . import _loader
-from ._validation import check_float_dtype, check_rank, dims_compatible, shape_text, static_dims
-
-ID_DTYPES = ("int32", "int64")
+from ._ids_validation import check_padded_ids_arguments
 
 
 def bpmll_loss_from_padded_ids(label_ids, y_pred, name=None):
@@ -29,17 +27,7 @@ def bpmll_loss_from_padded_ids(label_ids, y_pred, name=None):
     with tf.name_scope(name or "bpmll_loss_from_ids"):
         y_pred = tf.convert_to_tensor(y_pred)
         label_ids = tf.convert_to_tensor(label_ids)
-        check_float_dtype("y_pred", y_pred)
-        if label_ids.dtype.name not in ID_DTYPES:
-            raise ValueError(f"label_ids must be int32 or int64; got dtype {label_ids.dtype.name}")
-        check_rank("y_pred", y_pred, (2,), "(batch, labels)")
-        check_rank("label_ids", label_ids, (2,), "(batch, ids)")
-        ids_dims, pred_dims = static_dims(label_ids), static_dims(y_pred)
-        if ids_dims is not None and pred_dims is not None and not dims_compatible(ids_dims[:1], pred_dims[:1]):
-            raise ValueError(
-                f"label_ids and y_pred must have the same batch size; got label_ids {shape_text(label_ids)} and "
-                f"y_pred {shape_text(y_pred)}"
-            )
+        check_padded_ids_arguments(label_ids, y_pred)
         loss, _ = _loader.ops().fused_bpmll_ids_loss(label_ids=label_ids, y_pred=y_pred)
         return loss
 
