@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The PyTorch user: a fresh venv with torch, keras and numpy (no TensorFlow,
-# no JAX), the wheel installed, and the keras.ops forms' and the Keras-level
-# tests on KERAS_BACKEND=torch from a copy of the tests.
+# no JAX), the wheel installed, and the tests of the keras.ops forms, the Keras
+# level and the fused torch ops on KERAS_BACKEND=torch from a copy of the tests.
 #
 #   tools/check_torch_env.sh WHEEL
 # PyPI's Linux torch brings its CUDA libraries (about 5.7 GB installed; about
@@ -20,5 +20,5 @@ pip_in "$venv" install -q "$wheel"
 copy_tests tests
 log "tests on KERAS_BACKEND=torch"
 (cd "$work/tree" && KERAS_BACKEND=torch "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider \
-    tests/test_keras_ops_path.py tests/test_backends.py)
+    tests/test_keras_ops_path.py tests/test_backends.py tests/test_torch_ops.py)
 log "done"
