@@ -49,8 +49,29 @@ TF_RANGE = ">=2.16,<2.22"
 EXTRAS = {
     "cpu": [f"tensorflow-cpu{TF_RANGE}"],
     "gpu": [f"tensorflow[and-cuda]{TF_RANGE}"],
-    "jax": ["jax>=0.5", "keras>=3.8"],
+    # Bounded to the releases the fused paths were tested with (CI's JAX
+    # and torch environments); the keras.ops forms need only Keras 3.
+    "jax": ["jax>=0.10.2,<0.11", "keras>=3.8,<4"],
+    "torch": ["torch>=2.14,<2.15", "keras>=3.8,<4"],
 }
+CLASSIFIERS = [
+    "Development Status :: 4 - Beta",
+    "Intended Audience :: Science/Research",
+    "Intended Audience :: Developers",
+    "License :: OSI Approved :: Apache Software License",
+    "Operating System :: POSIX :: Linux",
+    "Programming Language :: C++",
+    "Programming Language :: Python :: 3",
+    "Programming Language :: Python :: 3 :: Only",
+    "Programming Language :: Python :: 3.9",
+    "Programming Language :: Python :: 3.10",
+    "Programming Language :: Python :: 3.11",
+    "Programming Language :: Python :: 3.12",
+    "Programming Language :: Python :: 3.13",
+    "Environment :: GPU :: NVIDIA CUDA",
+    "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    "Typing :: Typed",
+]
 
 
 class CMakeExtension(Extension):
@@ -157,9 +178,12 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=CLASSIFIERS,
     keywords=["tensorflow", "jax", "keras", "custom-op", "xla-ffi", "loss", "bp-mll", "pearson-correlation", "ccc"],
     package_dir={"": "python"},
     packages=[PACKAGE],
+    package_data={PACKAGE: ["py.typed"]},
     ext_modules=[CMakeExtension()],
     cmdclass={"build_ext": CMakeBuild, "bdist_wheel": AnyCPythonWheel},
     # TensorFlow 2.16-2.21 ship wheels for CPython 3.9-3.13 between them.

@@ -282,6 +282,12 @@ def main():
             problems.append(f"no {BUILD_INFO} in the wheel")
         metadata_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = Parser().parsestr(wheel.read(metadata_name).decode())
+        dist_info = metadata_name.rsplit("/", 1)[0]
+        licences = [n for n in names if n.startswith(dist_info + "/") and os.path.basename(n) == "LICENSE"]
+        if not licences or b"Apache License" not in wheel.read(licences[0]):
+            problems.append(f"no Apache LICENSE text in {dist_info}/ (setup.py license_files)")
+        if "tf_fused_losses/py.typed" not in names:
+            problems.append("no tf_fused_losses/py.typed: type checkers would ignore the package's hints")
 
     builds = info.get("tensorflow_builds") or {}
     if sorted(builds) != sorted(args.tf_versions):

@@ -65,11 +65,11 @@ def test_training_learns_to_rank(rng, jit_compile):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_traces_the_fused_op_with_and_without_xla(rng, monkeypatch, jit_compile):
-    from tf_fused_losses import bpmll
+    from tf_fused_losses import _tf_ops
 
     calls = []
-    real_ops = bpmll.ops
-    monkeypatch.setattr(bpmll, "ops", lambda: calls.append(1) or real_ops())
+    real_ops = _tf_ops.ops
+    monkeypatch.setattr(_tf_ops, "ops", lambda: calls.append(1) or real_ops())
     x, y = multilabel_task(rng, samples=64)
     model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(y.shape[1])])
     model.compile(optimizer="sgd", loss=tfl.BPMLLLoss(), jit_compile=jit_compile)

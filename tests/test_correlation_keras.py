@@ -112,12 +112,25 @@ def test_config_and_serialization(kind):
 
 
 def test_saved_model_keeps_the_loss(rng, tmp_path):
+    """The reloaded model evaluates to the original's loss, bit for bit, and
+    that loss is the CCC of its predictions at the saved epsilon: a reload
+    that lost the epsilon (or the class) evaluates differently."""
+    epsilon = 0.5  # large against the data's variances, so that the default's value differs
+    u, y = sequence_task(rng, 32, steps=20)
     model = keras.Sequential([keras.Input((None, 1)), keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss=tfl.CCCLoss(epsilon=1e-4))
+    model.compile(optimizer="adam", loss=tfl.CCCLoss(epsilon=epsilon))
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.loss, tfl.CCCLoss) and loaded.loss.epsilon == 1e-4
+    assert isinstance(loaded.loss, tfl.CCCLoss) and loaded.loss.epsilon == epsilon
+    want = model.evaluate(u, y[..., None], batch_size=32, verbose=0)
+    got = loaded.evaluate(u, y[..., None], batch_size=32, verbose=0)
+    assert got == want, (got, want)
+    prediction = model.predict(u, batch_size=32, verbose=0)[..., 0]
+    at_epsilon = float(np.mean(tfl.ccc_loss(y, prediction, epsilon=epsilon).numpy()))
+    at_default = float(np.mean(tfl.ccc_loss(y, prediction).numpy()))
+    np.testing.assert_allclose(got, at_epsilon, rtol=1e-5)
+    assert abs(at_default - at_epsilon) > 1e-2 * abs(at_epsilon), (at_default, at_epsilon)
 
 
 def sequence_task(rng, n, steps=60, lag=4):
@@ -153,11 +166,11 @@ def test_gru_training_raises_held_out_correlation(rng, kind):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_traces_the_fused_op_with_and_without_xla(rng, monkeypatch, jit_compile):
-    from tf_fused_losses import correlation
+    from tf_fused_losses import _tf_ops
 
     calls = []
-    real_ops = correlation.ops
-    monkeypatch.setattr(correlation, "ops", lambda: calls.append(1) or real_ops())
+    real_ops = _tf_ops.ops
+    monkeypatch.setattr(_tf_ops, "ops", lambda: calls.append(1) or real_ops())
     u, y = sequence_task(rng, 64, steps=20)
     model = keras.Sequential([keras.Input((None, 1)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss=tfl.CorrelationLoss(), jit_compile=jit_compile)

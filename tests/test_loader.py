@@ -42,18 +42,67 @@ def test_build_info_lists_every_frontend_and_the_one_for_this_tensorflow():
     assert info["xla_ffi_api"].count(".") == 1
 
 
-def test_jit_compile_runs_where_the_frontend_has_no_xla_lowerings():
-    """TF 2.16 ships no XLA FFI headers: its frontend has no lowerings, and
-    inside XLA the losses take the pure path. Elsewhere the lowerings run
-    (tests/test_xla.py)."""
-    tfl.load_ops()
-    if tfl.build_info()["xla"]:
-        pytest.skip(f"TensorFlow {tf.__version__}'s frontend has XLA lowerings: tests/test_xla.py covers jit_compile")
-    y = tf.constant([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    c = tf.constant([[0.5, -1.0, 2.0], [3.0, 1.0, -2.0]])
-    eager = tfl.bpmll_loss(y, c)
-    jitted = tf.function(tfl.bpmll_loss, jit_compile=True)(y, c)
-    np.testing.assert_allclose(jitted.numpy(), eager.numpy(), rtol=1e-6)
+_FIRST_CALL_UNDER_XLA = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tf_fused_losses as tfl
+from tf_fused_losses import _loader
+
+kind = sys.argv[1]
+y = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]], np.float32)
+c = np.array([[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.5]], np.float32)
+loss = {"bpmll": tfl.bpmll_loss, "correlation": tfl.correlation_loss, "ccc": tfl.ccc_loss, "keras_fit": None}[kind]
+assert _loader._library is None, "the library must not be loaded before the first call"
+if loss is None:
+    import keras
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, kernel_initializer="ones")])
+    model.compile(optimizer="sgd", loss=tfl.BPMLLLoss(), jit_compile=True)
+    first = model.fit(c, y, batch_size=2, epochs=1, verbose=0, shuffle=False).history["loss"][0]
+    print(json.dumps({"finite": bool(np.isfinite(first))}))
+else:
+    jitted = tf.function(loss, jit_compile=True)(tf.constant(y), tf.constant(c)).numpy()
+    eager = loss(tf.constant(y), tf.constant(c)).numpy()
+    print(json.dumps({"max_diff": float(np.max(np.abs(jitted - eager))), "finite": bool(np.isfinite(jitted).all())}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["bpmll", "correlation", "ccc", "keras_fit"])
+def test_the_first_call_of_a_process_may_be_inside_jit_compile(kind):
+    """In a fresh interpreter, a loss's first call is traced for XLA, before
+    the library is loaded. Where this TF minor's frontend has no lowerings
+    (2.16-2.20), the pure path must run there (it once chose only after a
+    load, and the fused op entered XLA's cluster: "No registered
+    'FusedBpmllLoss' OpKernel for XLA_CPU_JIT devices"); elsewhere the late
+    registration of the lowerings must serve the first compile."""
+    env = subprocess_env(pure_tf=False)
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_UNDER_XLA, kind], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    report = last_json_line(done.stdout)
+    assert report["finite"], report
+    if "max_diff" in report:
+        assert report["max_diff"] <= 1e-6, report
+
+
+def test_use_pure_tf_is_decided_from_the_build_before_any_load(unloaded, monkeypatch):
+    """Inside XLA, a frontend without lowerings sends the losses to the pure
+    path whether or not the library is loaded yet."""
+    minor = ".".join(tf.__version__.split(".")[:2])
+    monkeypatch.delenv(_loader.PURE_TF_ENV, raising=False)
+    for has_lowerings in (False, True):
+        monkeypatch.setattr(_loader, "_builds", lambda: {minor: {"version": tf.__version__, "xla": has_lowerings}})
+        seen = {}
+
+        @tf.function(jit_compile=True)
+        def probe(x):
+            seen["pure"] = _loader.use_pure_tf()
+            return x + 1
+
+        probe(tf.constant(1.0))
+        assert seen["pure"] is (not has_lowerings)
+        assert _loader.use_pure_tf() is False  # eagerly, the fused op runs either way
+    assert _loader._library is None
 
 
 def test_missing_library_says_what_is_missing(unloaded, monkeypatch, tmp_path):

@@ -40,22 +40,21 @@ _SUBMODULES = (
     "_keras_ops",
     "_loader",
     "_tf_ops",
+    "_tf_pure",
     "_validation",
 )
 
 __all__ = [
-    "BPMLLLoss",
-    "CCCLoss",
-    "CorrelationLoss",
     "PURE_TF_ENV",
     "bpmll_loss",
     "ccc_loss",
     "correlation_loss",
     "build_info",
-    "load_ops",
-    "reference",
     "use_pure_tf",
 ]
+# Not in __all__, so that `from tf_fused_losses import *` imports no
+# framework: the Keras classes (they import Keras, and its backend) and
+# `load_ops` and `reference` (TensorFlow). Import them by name.
 
 
 def __getattr__(name):

@@ -42,7 +42,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from ._validation import check_epsilon
+from ._loader import check_cpu_isa
+from ._validation import check_bpmll_arguments, check_sequence_arguments
 
 LIBRARY_NAME = "libtfl_core.so"
 LIBRARY_ENV = "TFL_CORE_LIBRARY"
@@ -205,6 +206,7 @@ def _load():
         library = ctypes.CDLL(path)
     except OSError as e:
         raise RuntimeError(f"tf_fused_losses' JAX losses could not load {path}: {e}") from e
+    check_cpu_isa(library)
     library_version = _library_ffi_api_version(library, path)
     jaxlib_release = _jaxlib_version()
     jaxlib_version = jaxlib_ffi_api_version()
@@ -259,19 +261,6 @@ def load():
     return dict(_state)
 
 
-# --------------------------------------------------------------------------
-# Argument checks (the wording of _validation.py and correlation.py)
-# --------------------------------------------------------------------------
-
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-LABEL_DTYPES = FLOAT_DTYPES + ("int32", "int64", "uint8", "bool")
-_LAYOUT = "(batch, steps) or (batch, steps, 1)"
-
-
-def _dtype_name(x):
-    return np.dtype(x.dtype).name
-
-
 def _as_array(name, x):
     try:
         return jnp.asarray(x)
@@ -279,37 +268,28 @@ def _as_array(name, x):
         raise ValueError(f"{name} must be an array; got {type(x).__name__}: {e}") from e
 
 
-def _check_dtype(name, x, allowed):
-    if _dtype_name(x) not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got dtype {_dtype_name(x)}")
+def has_handlers(platform):
+    """Whether load() registered handlers for this jax platform ("cpu",
+    "gpu", "cuda", ...; JAX calls a CUDA device's platform "gpu")."""
+    platform = {"gpu": "cuda"}.get(platform.lower(), platform.lower())
+    return platform in (p.lower() for p in load()["platforms"])
 
 
-def _check_rank(name, x, rank, layout):
-    if x.ndim != rank:
-        raise ValueError(f"{name} must be rank {rank} {layout}; got shape {tuple(x.shape)}")
-
-
-def _is_numeric(x):
-    return (
-        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_
-    )
-
-
-def _batch_steps(name, x):
-    """The (batch, steps) of a (batch, steps[, 1]) input, checked."""
-    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 1):
-        raise ValueError(f"{name} must be {_LAYOUT}; got shape {tuple(x.shape)}")
-    return tuple(x.shape[:2])
-
-
-def _mask_argument(mask, batch_steps):
-    """mask as a bool (batch, steps) array: nonzero means valid."""
-    mask = _as_array("mask", mask)
-    if not _is_numeric(mask):
-        raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {_dtype_name(mask)}")
-    if mask.ndim != 2 or tuple(mask.shape) != tuple(batch_steps):
-        raise ValueError(f"mask must have shape (batch, steps) = {tuple(batch_steps)}; got shape {tuple(mask.shape)}")
-    return mask if mask.dtype == jnp.bool_ else mask != 0
+def platform_of(*arrays):
+    """The jax platform the arrays compute on: that of the devices of the
+    first committed concrete array, else (tracers, numpy, uncommitted
+    arrays) the default backend's, where jit places the computation."""
+    for x in arrays:
+        devices = getattr(x, "devices", None)
+        if devices is None or not getattr(x, "committed", False):
+            continue
+        try:
+            found = devices()
+        except Exception:  # a tracer, or an array whose buffers were deleted
+            continue
+        if found:
+            return next(iter(found)).platform
+    return jax.default_backend()
 
 
 # --------------------------------------------------------------------------
@@ -477,7 +457,7 @@ def _correlation_bwd(concordance, epsilon, residuals, grad_loss):
 _correlation.defvjp(_correlation_fwd, _correlation_bwd, symbolic_zeros=True)
 
 
-def bpmll_loss(y_true, y_pred):
+def bpmll_loss(y_true, y_pred, name=None):
     """Per-sample BP-MLL loss of JAX arrays, shape (batch,), in y_pred's dtype.
 
     As tf_fused_losses.bpmll_loss: y_true (batch, labels) labels in [0, 1],
@@ -485,31 +465,24 @@ def bpmll_loss(y_true, y_pred):
     y_pred (batch, labels) logits, float16/bfloat16/float32/float64. Rows
     without pairs give loss 0 and gradient 0. Labels get no gradient. Labels
     outside [0, 1] raise an error naming the first bad element when the CPU
-    handler runs (the CUDA handler gives those rows NaN instead).
+    handler runs (the CUDA handler gives those rows NaN instead). `name` is
+    for the backends' common signature (TF's name scope); unused here.
     """
     load()
     y_pred = _as_array("y_pred", y_pred)
     y_true = _as_array("y_true", y_true)
-    _check_dtype("y_pred", y_pred, FLOAT_DTYPES)
-    _check_dtype("y_true", y_true, LABEL_DTYPES)
-    _check_rank("y_pred", y_pred, 2, "(batch, labels)")
-    _check_rank("y_true", y_true, 2, "(batch, labels)")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(
-            f"y_true and y_pred must have the same shape; got y_true {tuple(y_true.shape)} and "
-            f"y_pred {tuple(y_pred.shape)}"
-        )
+    check_bpmll_arguments(y_true, y_pred)
     return _bpmll(y_true, y_pred)
 
 
-def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False):
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
     """Per-step Pearson (concordance=False) or CCC (concordance=True) loss of
     JAX arrays, shape (batch, steps), in y_pred's dtype.
 
     As tf_fused_losses.correlation_loss / ccc_loss: y_pred (batch, steps) or
     (batch, steps, 1), float16/bfloat16/float32/float64; y_true the same
-    (batch, steps), any numeric dtype, cast to y_pred's; epsilon a Python
-    float >= 0 (at most the float32 maximum); mask optional (batch, steps),
+    (batch, steps), any numeric dtype, cast to y_pred's; epsilon a real
+    scalar >= 0 (at most the float32 maximum); mask optional (batch, steps),
     bool or numeric, nonzero on valid steps. Gradients flow to y_pred and
     y_true (y_true's computed only when it is differentiated); none to mask.
     """
@@ -518,26 +491,18 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
     concordance = bool(concordance)
     load()
     y_pred = _as_array("y_pred", y_pred)
-    _check_dtype("y_pred", y_pred, FLOAT_DTYPES)
     y_true = _as_array("y_true", y_true)
-    if not _is_numeric(y_true):
-        raise ValueError(f"y_true must be numeric; got dtype {_dtype_name(y_true)}")
+    if mask is not None:
+        mask = _as_array("mask", mask)
+    epsilon, batch_steps = check_sequence_arguments(y_true, y_pred, epsilon, mask)
     if y_true.dtype != y_pred.dtype:
         y_true = y_true.astype(y_pred.dtype)
-    true_steps = _batch_steps("y_true", y_true)
-    pred_steps = _batch_steps("y_pred", y_pred)
-    if true_steps != pred_steps:
-        raise ValueError(
-            f"y_true and y_pred must have the same (batch, steps); got y_true {tuple(y_true.shape)} and "
-            f"y_pred {tuple(y_pred.shape)}"
-        )
-    epsilon = check_epsilon(epsilon)
-    if mask is not None:
-        mask = _mask_argument(mask, pred_steps)
+    if mask is not None and mask.dtype != jnp.bool_:
+        mask = mask != 0  # nonzero = valid
     # (batch, steps, 1) as (batch, steps): a bitcast in XLA; the gradients
     # take the input's shape back through the reshape.
     if y_true.ndim == 3:
-        y_true = y_true.reshape(true_steps)
+        y_true = y_true.reshape(batch_steps)
     if y_pred.ndim == 3:
-        y_pred = y_pred.reshape(pred_steps)
+        y_pred = y_pred.reshape(batch_steps)
     return _correlation(concordance, epsilon, y_true, y_pred, mask)

@@ -2,7 +2,7 @@
 ops cannot load (or with TF_FUSED_LOSSES_PY_OPS=1), and what torch tensors
 and every other Keras backend run.
 
-Ports of `reference.*_pure_tf` (read their comments for the why), with the
+Ports of `_tf_pure` (`reference.*_pure_tf`) (read their comments for the why), with the
 fused ops' conventions (docs/semantics.md): O(B L) factored BP-MLL in the
 log domain, 0 and gradient exactly 0 for rows without pairs, NaN confined to
 the rows holding a NaN, IEEE extended arithmetic for infinite logits; per-step
@@ -14,15 +14,17 @@ where its result is used (XLA's fused CPU exp reads exp(inf) - exp(inf) as
 -inf). float16 and bfloat16 accumulate in float32, float32 and float64 in
 their own dtype; results are in y_pred's dtype.
 
-Interface as `_jax_ops`: `bpmll_loss(y_true, y_pred)` and
-`correlation_loss(y_true, y_pred, *, epsilon, mask, concordance)`. Callers
-check arguments first (`bpmll.backend_loss`, `correlation.backend_loss`).
+Interface as every backend's (`_dispatch`): `bpmll_loss(y_true, y_pred)`
+and `correlation_loss(y_true, y_pred, *, epsilon, mask, concordance)`, each
+converting its arguments and checking them with `_validation`.
 """
 
 import numpy as np
 
 import keras
 from keras import ops
+
+from ._validation import check_bpmll_arguments, check_sequence_arguments
 
 INF = float("inf")
 NAN = float("nan")
@@ -95,7 +97,7 @@ def _row_logsumexp(terms):
 
 def _exp_difference(a, b):
     """e^a - e^b elementwise in IEEE extended arithmetic (see
-    `reference._exp_difference`), from selects, so that no infinity meets
+    `_tf_pure._exp_difference`), from selects, so that no infinity meets
     exp or an exp result."""
     zero = ops.zeros_like(a)
     a_finite = ops.isfinite(a)
@@ -127,7 +129,7 @@ def _labels_valid(y_true):
 
 def _bpmll_rows(y, c, labels_valid):
     """Loss (batch,) and d loss / d c (batch, labels), in c's dtype: the
-    rule of `reference._bpmll_rows`, step for step."""
+    rule of `_tf_pure._bpmll_rows`, step for step."""
     dtype = _dtype(c)
     zero = ops.zeros_like(c)
     positive = ops.greater(y, 0)
@@ -173,13 +175,15 @@ def _bpmll_rows(y, c, labels_valid):
     return ops.where(keep, loss, row_value), ops.where(keep[:, None], grad, row_value[:, None])
 
 
-def bpmll_loss(y_true, y_pred):
+def bpmll_loss(y_true, y_pred, name=None):
     """Per-sample BP-MLL loss (batch,) in y_pred's dtype, with the fused op's
-    conventions (`reference.bpmll_loss_pure_tf`'s rules in keras.ops). Bad
+    conventions (`_tf_pure.bpmll_loss_pure_tf`'s rules in keras.ops). Bad
     labels give their row NaN (nothing here can raise on a value). The
-    gradient with respect to y_true is zero."""
+    gradient with respect to y_true is zero. `name` is for the backends'
+    common signature (TF's name scope); unused here."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.convert_to_tensor(y_true)
+    check_bpmll_arguments(y_true, y_pred)
     out_dtype = _dtype(y_pred)
     acc = _accumulator(out_dtype)
     c = ops.cast(y_pred, acc)
@@ -211,7 +215,7 @@ def _as_steps(t):
 def _correlation_rows(y, x, valid, epsilon, concordance):
     """Per-step loss (batch, steps) and the closed-form gradient function of
     a (batch, steps) pair in the accumulation dtype; valid is bool. The rule
-    of `reference._correlation_rows`: moments over each row's valid steps,
+    of `_tf_pure._correlation_rows`: moments over each row's valid steps,
     shifted by the row's first valid value (so that a constant row's centred
     values and variance are exactly 0), degenerate rows at scale 0, rows
     with a NaN or inf at a valid step at scale NaN."""
@@ -256,7 +260,7 @@ def _correlation_rows(y, x, valid, epsilon, concordance):
 
     def gradients(upstream):
         """d(sum_t upstream_t loss_t) / d y and / d x (see
-        `reference._correlation_rows`)."""
+        `_tf_pure._correlation_rows`)."""
         w = ops.where(valid, upstream, zero)
         f = ops.sum(w * cx * cy, axis=1, keepdims=True)
         weighted_x = ops.sum(w * cx, axis=1, keepdims=True)
@@ -283,15 +287,20 @@ def _correlation_rows(y, x, valid, epsilon, concordance):
     return loss, gradients
 
 
-def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance):
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
     """Per-step Pearson (concordance=False) or CCC loss (batch, steps) in
     y_pred's dtype, with the fused ops' conventions
-    (`reference.correlation_loss_pure_tf`'s rules in keras.ops). Inputs
+    (`_tf_pure.correlation_loss_pure_tf`'s rules in keras.ops). Inputs
     (batch, steps) or (batch, steps, 1); y_true is cast to y_pred's dtype;
     mask None or (batch, steps), nonzero on valid steps; epsilon is rounded
     to float32, as the op's attribute is. Gradients to both inputs."""
-    y_pred = _as_steps(ops.convert_to_tensor(y_pred))
-    y_true = _as_steps(ops.convert_to_tensor(y_true))
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if mask is not None:
+        mask = ops.convert_to_tensor(mask)
+    epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask)
+    y_pred = _as_steps(y_pred)
+    y_true = _as_steps(y_true)
     out_dtype = _dtype(y_pred)
     acc = _accumulator(out_dtype)
     if _dtype(y_true) != out_dtype:
@@ -304,7 +313,6 @@ def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance):
     if mask is None:
         valid = ops.ones_like(x, dtype="bool")
     else:
-        mask = ops.convert_to_tensor(mask)
         valid = mask if _dtype(mask) == "bool" else ops.not_equal(mask, 0)
 
     @ops.custom_gradient

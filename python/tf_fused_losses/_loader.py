@@ -24,7 +24,6 @@ CORE_LIBRARY_NAME = "libtfl_core.so"
 BUILD_INFO_NAME = "build_info.json"
 PURE_TF_ENV = "TF_FUSED_LOSSES_PY_OPS"
 CPU_ISA_ENV = "TFL_CPU_ISA"
-CPU_ISAS = ("baseline", "avx2", "avx512")  # x86-64 levels, lowest first
 # The TensorFlow minors this release supports: a wheel holds a frontend for each.
 SUPPORTED_TF = ("2.16", "2.17", "2.18", "2.19", "2.20", "2.21")
 # Distributions that install the `tensorflow` package.
@@ -33,7 +32,6 @@ TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nigh
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _lock = threading.Lock()
 _library = None
-_library_minor = None
 
 
 def _lib_dir():
@@ -50,15 +48,28 @@ def tf_library_path(minor):
     return os.path.join(_lib_dir(), f"tf{minor}", LIBRARY_NAME)
 
 
-def use_pure_tf():
+def pure_path_requested() -> bool:
+    """True when TF_FUSED_LOSSES_PY_OPS asks for the pure implementations
+    (the pure-TF forms on TensorFlow, the keras.ops forms on JAX)."""
+    return os.environ.get(PURE_TF_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def use_pure_tf() -> bool:
     """True when TF_FUSED_LOSSES_PY_OPS asks for the pure implementations, or
-    when TensorFlow is tracing for XLA with a frontend built without XLA
-    lowerings (TensorFlow 2.16 ships no XLA FFI headers)."""
-    if os.environ.get(PURE_TF_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    when TensorFlow is tracing for XLA and the frontend for its minor has no
+    XLA lowerings (TensorFlow 2.16 ships no XLA FFI headers; 2.17-2.20 speak
+    another FFI API version). Told from build_info.json, so that it holds
+    for the first call of a process too, before the library is loaded: a
+    fused op without lowerings inside an XLA cluster fails to compile."""
+    if pure_path_requested():
         return True
-    if _library is not None and not _builds().get(_library_minor, {}).get("xla", True):
-        return _in_xla_context()
-    return False
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not hasattr(tf, "__version__"):
+        return False
+    build = _builds().get(_minor(tf.__version__))
+    if build is None or build.get("xla", True):
+        return False
+    return _in_xla_context()
 
 
 def _in_xla_context():
@@ -84,7 +95,7 @@ def installed_tf_version():
     return None
 
 
-def build_info():
+def build_info() -> dict:
     """What the libraries were built against: `tensorflow_builds` (TF minor ->
     the version built against, and whether XLA lowerings are in), the XLA FFI
     API of the core's handlers, CUDA and its archs, the compiler and the CPU
@@ -99,7 +110,7 @@ def build_info():
         info["tensorflow_library"] = tf_library_path(_minor(installed))
         info["xla"] = build["xla"]
     if _core_loaded():
-        info["cpu_isa"] = _cpu_isa_query("tfl_cpu_isa_in_use")
+        info["cpu_isa"] = _core_text("tfl_cpu_isa_in_use")
     return info
 
 
@@ -116,35 +127,25 @@ def _core_loaded():
     return True
 
 
-def _cpu_isa_query(function):
-    # The core is already loaded (by TensorFlow or JAX): this only looks it up.
-    library = ctypes.CDLL(core_library_path())
+def _core_text(function, library=None):
+    """What one of the core's `const char* f(void)` queries returns (None
+    for NULL). The core is already loaded (by TensorFlow or JAX): this only
+    looks it up, unless `library` (a ctypes handle) names the one to ask."""
+    library = library or ctypes.CDLL(core_library_path())
     query = getattr(library, function)
     query.restype = ctypes.c_char_p
-    return query().decode()
+    text = query()
+    return None if text is None else text.decode()
 
 
-def _check_cpu_isa_name():
-    """Refuses a TFL_CPU_ISA that names no ISA build (before anything loads)."""
-    cap = os.environ.get(CPU_ISA_ENV, "")
-    if cap and cap not in CPU_ISAS:
-        raise RuntimeError(
-            f"{CPU_ISA_ENV}={cap!r} is not an ISA build of tf_fused_losses; allowed values: {', '.join(CPU_ISAS)} "
-            f"(or unset it to use the best this CPU runs)."
-        )
-
-
-def _check_cpu_isa_supported():
-    """Refuses a TFL_CPU_ISA above what this CPU runs (the core must be loaded)."""
-    cap = os.environ.get(CPU_ISA_ENV, "")
-    if not cap:
-        return
-    supported = _cpu_isa_query("tfl_cpu_isa_supported")
-    if CPU_ISAS.index(cap) > CPU_ISAS.index(supported):
-        raise RuntimeError(
-            f"{CPU_ISA_ENV}={cap} asks for a build this CPU cannot run: it supports up to {supported}. "
-            f"Allowed values here: {', '.join(CPU_ISAS[: CPU_ISAS.index(supported) + 1])}."
-        )
+def check_cpu_isa(library=None):
+    """Refuses a TFL_CPU_ISA that names no ISA build, or one above what this
+    CPU runs, with the core's message (the core decides, for every
+    frontend: cc/core/common/cpu_isa.cc). The core must be loaded, or given
+    as a ctypes handle."""
+    message = _core_text("tfl_cpu_isa_error", library)
+    if message is not None:
+        raise RuntimeError(message)
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,29 +181,18 @@ def _unsupported_tf_message(version, built):
     )
 
 
-def load_ops():
-    """Loads the op library now and registers its ops with TensorFlow.
-
-    The losses do this on their first call. Call it yourself before
-    `tf.saved_model.load` of a SavedModel whose graphs hold the fused ops:
-    TensorFlow needs the ops registered to load them. Raises RuntimeError,
-    saying why, where the library cannot load (see PURE_TF_ENV)."""
-    ops()
-
-
 def ops():
-    """The loaded TensorFlow op library (a module of generated op wrappers)."""
-    global _library, _library_minor
+    """The loaded TensorFlow op library (a module of generated op wrappers).
+    Their gradients are registered by `_tf_ops`, the TF backend, which is
+    what calls this."""
+    global _library
     if _library is not None:
         return _library
     import tensorflow as tf
 
-    from . import _tf_ops  # noqa: F401  (registers the ops' gradients before any op can run)
-
     with _lock:
         if _library is not None:
             return _library
-        _check_cpu_isa_name()
         minor = _minor(tf.__version__)
         builds = _builds()
         path = tf_library_path(minor)
@@ -222,7 +212,6 @@ def ops():
                 f"Could not load {path}, built for TensorFlow {built_for}, into TensorFlow "
                 f"{tf.__version__}: {e}. {_fallback_hint()}"
             ) from e
-        _check_cpu_isa_supported()
-        _library_minor = minor
+        check_cpu_isa()
         _library = library
         return _library

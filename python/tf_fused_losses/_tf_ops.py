@@ -1,22 +1,28 @@
-"""The TensorFlow path: the fused ops, the gradients registered for them, and
-the pure-TF fallback (TF_FUSED_LOSSES_PY_OPS=1).
+"""The TensorFlow backend: the fused ops, the gradients registered for them,
+and the pure-TF forms (`_tf_pure`) where the fused ops cannot run
+(TF_FUSED_LOSSES_PY_OPS=1, or inside XLA where the frontend for this TF
+minor has no lowerings: `_loader.use_pure_tf`).
 
 Imported only when TensorFlow is used (a TF tensor reaches a loss, a Keras
 loss runs on the tensorflow backend, or `load_ops()` is called); importing
-it registers the ops' gradients, before any of the ops can run.
-
-The op library and the pure-TF switch are looked up through the public
-modules (`bpmll.ops`, `correlation.ops`, `reference.*_pure_tf`) at each
-call, so that they can be replaced there (the tests record op calls so).
+it registers the ops' gradients, before any of the ops can run. The op
+library is looked up through this module's `ops` at each call, so that
+tests can record the op calls by replacing it here.
 """
 
 import tensorflow as tf
 
-from . import _loader, bpmll, correlation, reference
-from ._validation import check_epsilon, check_float_dtype, check_label_dtype, check_rank, check_same_shape
+from . import _loader, _tf_pure
+from ._loader import use_pure_tf
+from ._validation import check_bpmll_arguments, check_sequence_arguments
 
 
-def load_ops():
+def ops():
+    """The loaded op library (loaded on first use)."""
+    return _loader.ops()
+
+
+def load_ops() -> None:
     """Loads the op library now and registers its ops with TensorFlow, and
     their gradients.
 
@@ -25,7 +31,7 @@ def load_ops():
     TensorFlow needs the ops registered to load them (and their gradients to
     differentiate them). Raises RuntimeError, saying why, where the library
     cannot load (see PURE_TF_ENV)."""
-    _loader.load_ops()
+    ops()
 
 
 # --------------------------------------------------------------------------
@@ -34,18 +40,14 @@ def load_ops():
 
 
 def bpmll_loss(y_true, y_pred, name=None):
-    """`tf_fused_losses.bpmll_loss` on the TF path."""
+    """`tf_fused_losses.bpmll_loss` on TensorFlow; `name` names the scope."""
     with tf.name_scope(name or "bpmll_loss"):
         y_pred = tf.convert_to_tensor(y_pred)
         y_true = tf.convert_to_tensor(y_true)
-        check_float_dtype("y_pred", y_pred)
-        check_label_dtype("y_true", y_true)
-        check_rank("y_pred", y_pred, (2,), "(batch, labels)")
-        check_rank("y_true", y_true, (2,), "(batch, labels)")
-        check_same_shape(y_true, y_pred)
-        if bpmll.use_pure_tf():
-            return reference.bpmll_loss_pure_tf(y_true, y_pred)
-        loss, _ = bpmll.ops().fused_bpmll_loss(y_true=y_true, y_pred=y_pred)
+        check_bpmll_arguments(y_true, y_pred)
+        if use_pure_tf():
+            return _tf_pure.bpmll_loss_pure_tf(y_true, y_pred)
+        loss, _ = ops().fused_bpmll_loss(y_true=y_true, y_pred=y_pred)
         return loss
 
 
@@ -53,7 +55,7 @@ def bpmll_loss(y_true, y_pred, name=None):
 def _fused_bpmll_loss_grad(op, grad_loss, unused_grad_of_grad):
     # The op already wrote d loss_i / d y_pred; this scales its rows, in place
     # where TF allows. Second derivatives are not provided.
-    return [None, bpmll.ops().fused_bpmll_loss_grad(grad_loss=grad_loss, cached_grad=op.outputs[1])]
+    return [None, ops().fused_bpmll_loss_grad(grad_loss=grad_loss, cached_grad=op.outputs[1])]
 
 
 # --------------------------------------------------------------------------
@@ -61,60 +63,28 @@ def _fused_bpmll_loss_grad(op, grad_loss, unused_grad_of_grad):
 # --------------------------------------------------------------------------
 
 
-def _batch_steps(name, t):
-    """The static (batch, steps) of a (batch, steps[, 1]) input, checked."""
-    rank = t.shape.rank
-    if rank is None:
-        return tf.TensorShape([None, None])
-    if rank not in (2, 3) or (rank == 3 and t.shape[2] not in (None, 1)):
-        raise ValueError(f"{name} must be {correlation.LAYOUT}; got shape {t.shape}")
-    return t.shape[:2]
-
-
-def _mask_argument(mask, batch_steps):
-    """mask as a bool (batch, steps) tensor: nonzero means valid."""
-    mask = tf.convert_to_tensor(mask)
-    if not (mask.dtype.is_bool or mask.dtype.is_integer or mask.dtype.is_floating):
-        raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {mask.dtype.name}")
-    if mask.shape.rank is not None and (mask.shape.rank != 2 or not mask.shape.is_compatible_with(batch_steps)):
-        raise ValueError(f"mask must have shape (batch, steps) = {batch_steps}; got shape {mask.shape}")
-    return mask if mask.dtype.is_bool else tf.not_equal(mask, tf.zeros([], mask.dtype))
-
-
-def sequence_loss(y_true, y_pred, epsilon, mask, concordance, name=None):
+def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, name=None):
     """`tf_fused_losses.correlation_loss` (concordance False) or `ccc_loss`
-    (True) on the TF path."""
+    (True) on TensorFlow; `name` names the scope."""
     with tf.name_scope(name or ("ccc_loss" if concordance else "correlation_loss")):
-        return _sequence_loss(y_true, y_pred, epsilon, mask, concordance)
-
-
-def _sequence_loss(y_true, y_pred, epsilon, mask, concordance):
-    y_pred = tf.convert_to_tensor(y_pred)
-    check_float_dtype("y_pred", y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype.is_bool):
-        raise ValueError(f"y_true must be numeric; got dtype {y_true.dtype.name}")
-    if y_true.dtype != y_pred.dtype:
-        y_true = tf.cast(y_true, y_pred.dtype)
-    true_steps = _batch_steps("y_true", y_true)
-    pred_steps = _batch_steps("y_pred", y_pred)
-    if not true_steps.is_compatible_with(pred_steps):
-        raise ValueError(
-            f"y_true and y_pred must have the same (batch, steps); got y_true {y_true.shape} and y_pred {y_pred.shape}"
+        y_pred = tf.convert_to_tensor(y_pred)
+        y_true = tf.convert_to_tensor(y_true)
+        if mask is not None:
+            mask = tf.convert_to_tensor(mask)
+        epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask)
+        if y_true.dtype != y_pred.dtype:
+            y_true = tf.cast(y_true, y_pred.dtype)
+        if mask is not None and not mask.dtype.is_bool:
+            mask = tf.not_equal(mask, tf.zeros([], mask.dtype))  # nonzero = valid
+        if use_pure_tf():
+            pure = _tf_pure.ccc_loss_pure_tf if concordance else _tf_pure.correlation_loss_pure_tf
+            return pure(y_true, y_pred, epsilon=epsilon, mask=mask)
+        if mask is None:
+            mask = tf.zeros([0], tf.bool)  # the op's "every step is valid"
+        loss, _ = ops().fused_correlation_loss(
+            y_true=y_true, y_pred=y_pred, mask=mask, concordance=concordance, epsilon=epsilon
         )
-    batch_steps = true_steps.merge_with(pred_steps)
-    epsilon = check_epsilon(epsilon)
-    if mask is not None:
-        mask = _mask_argument(mask, batch_steps)
-    if correlation.use_pure_tf():
-        pure = reference.ccc_loss_pure_tf if concordance else reference.correlation_loss_pure_tf
-        return pure(y_true, y_pred, epsilon=epsilon, mask=mask)
-    if mask is None:
-        mask = tf.zeros([0], tf.bool)  # the op's "every step is valid"
-    loss, _ = correlation.ops().fused_correlation_loss(
-        y_true=y_true, y_pred=y_pred, mask=mask, concordance=concordance, epsilon=epsilon
-    )
-    return loss
+        return loss
 
 
 @tf.RegisterGradient("FusedCorrelationLoss")
@@ -126,7 +96,7 @@ def _fused_correlation_loss_grad(op, grad_loss, unused_grad_row_stats):
     # tensor computed and written for nothing. (tf.gradients sets no such
     # attribute: both are computed.)
     want_grad_y_true = 0 not in (getattr(op, "skip_input_indices", None) or ())
-    grad_y_true, grad_y_pred = correlation.ops().fused_correlation_loss_grad(
+    grad_y_true, grad_y_pred = ops().fused_correlation_loss_grad(
         grad_loss=grad_loss,
         y_true=y_true,
         y_pred=y_pred,

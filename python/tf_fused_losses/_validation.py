@@ -3,6 +3,20 @@ expected. Framework-free: they read `.dtype` and `.shape` of TF tensors,
 numpy and JAX arrays and torch tensors alike, and say the same on each."""
 
 import math
+import numbers
+
+import numpy as np
+
+def not_converted(fn):
+    """Marks fn as one of AutoGraph's own artifacts, so that a tf.function
+    that calls it runs it as plain Python, unconverted (what
+    tf.autograph.experimental.do_not_convert does, without importing TF).
+    The checks and the dispatch branch on shapes and dtypes, never on a
+    tensor's value, so this changes no graph; it keeps AutoGraph from
+    rewriting their Python (`float(x)` into a cast, say)."""
+    fn.autograph_info__ = None
+    return fn
+
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
@@ -84,15 +98,93 @@ def check_same_shape(y_true, y_pred):
         )
 
 
+@not_converted
 def check_epsilon(epsilon):
-    """epsilon as a float, checked: a Python number, finite, >= 0, and at
-    most the float32 maximum (the ops' and the FFI handlers' attribute is a
-    float32)."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise ValueError(f"epsilon must be a Python float >= 0; got {epsilon!r}")
+    """epsilon as a Python float, checked: a real scalar (a Python, numpy or
+    0-d framework number; not bool, not an array), finite, >= 0, and at most
+    the float32 maximum (the ops' and the FFI handlers' attribute is a
+    float32). It is an attribute of the op, so it must be known when the
+    call is traced: a traced value is refused."""
+    if isinstance(epsilon, (bool, np.bool_)) or dtype_name(getattr(epsilon, "dtype", "float64")) == "bool":
+        raise ValueError(f"epsilon must be a real scalar >= 0; got {epsilon!r}")
+    if not isinstance(epsilon, numbers.Real):
+        shape = getattr(epsilon, "shape", None)
+        if shape is None or not hasattr(epsilon, "dtype"):
+            raise ValueError(f"epsilon must be a real scalar >= 0; got {type(epsilon).__name__} {epsilon!r}")
+        if tuple(shape) != ():
+            raise ValueError(f"epsilon must be a scalar, not an array; got shape {shape_text(epsilon)}")
+        if dtype_name(epsilon.dtype) not in FLOAT_DTYPES + INTEGER_DTYPES:
+            raise ValueError(f"epsilon must be a real scalar >= 0; got dtype {dtype_name(epsilon.dtype)}")
+        try:
+            epsilon = float(epsilon)
+        except Exception as e:  # a traced value (TF symbolic tensor, JAX tracer) has no float yet
+            raise ValueError(
+                f"epsilon must be known when the loss is traced (it is an attribute of the fused op); got a traced "
+                f"{type(epsilon).__name__}. Pass a Python float."
+            ) from e
     epsilon = float(epsilon)
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
     if epsilon > FLOAT32_MAX:
         raise ValueError(f"epsilon must be at most {FLOAT32_MAX:.7g} (the float32 maximum); got {epsilon!r}")
     return epsilon
+
+
+# --------------------------------------------------------------------------
+# The arguments of each loss, checked once for every backend
+# --------------------------------------------------------------------------
+
+BPMLL_LAYOUT = "(batch, labels)"
+SEQUENCE_LAYOUT = "(batch, steps) or (batch, steps, 1)"
+
+
+@not_converted
+def check_bpmll_arguments(y_true, y_pred):
+    """BP-MLL's y_true and y_pred (arrays of any framework, converted)."""
+    check_float_dtype("y_pred", y_pred)
+    check_label_dtype("y_true", y_true)
+    check_rank("y_pred", y_pred, (2,), BPMLL_LAYOUT)
+    check_rank("y_true", y_true, (2,), BPMLL_LAYOUT)
+    check_same_shape(y_true, y_pred)
+
+
+def sequence_batch_steps(name, tensor):
+    """The static (batch, steps) of a (batch, steps[, 1]) input, checked;
+    (None, None) for an unknown rank."""
+    dims = static_dims(tensor)
+    if dims is None:
+        return (None, None)
+    if len(dims) not in (2, 3) or (len(dims) == 3 and dims[2] not in (None, 1)):
+        raise ValueError(f"{name} must be {SEQUENCE_LAYOUT}; got shape {shape_text(tensor)}")
+    return dims[:2]
+
+
+@not_converted
+def check_sequence_arguments(y_true, y_pred, epsilon, mask):
+    """The correlation losses' arguments (arrays converted, y_true not yet
+    cast): returns (epsilon as a float, the static (batch, steps))."""
+    check_float_dtype("y_pred", y_pred)
+    if not is_numeric(dtype_name(y_true.dtype)):
+        raise ValueError(f"y_true must be numeric; got dtype {dtype_name(y_true.dtype)}")
+    true_steps = sequence_batch_steps("y_true", y_true)
+    pred_steps = sequence_batch_steps("y_pred", y_pred)
+    if not dims_compatible(true_steps, pred_steps):
+        raise ValueError(
+            f"y_true and y_pred must have the same (batch, steps); got y_true {shape_text(y_true)} and y_pred "
+            f"{shape_text(y_pred)}"
+        )
+    batch_steps = tuple(a if a is not None else b for a, b in zip(true_steps, pred_steps))
+    epsilon = check_epsilon(epsilon)
+    if mask is not None:
+        check_mask(mask, batch_steps)
+    return epsilon, batch_steps
+
+
+def check_mask(mask, batch_steps):
+    """A correlation mask: bool or numeric (nonzero = valid), (batch, steps)."""
+    if not is_numeric(dtype_name(mask.dtype)):
+        raise ValueError(f"mask must be bool or numeric (nonzero = valid step); got dtype {dtype_name(mask.dtype)}")
+    rank = rank_of(mask)
+    if rank is not None and (rank != 2 or not dims_compatible(static_dims(mask), tuple(batch_steps))):
+        shown = "(" + ", ".join("None" if d is None else str(d) for d in batch_steps) + ")"
+        raise ValueError(f"mask must have shape (batch, steps) = {shown}; got shape {shape_text(mask)}")

@@ -13,7 +13,7 @@ import threading
 
 import keras
 
-from . import _dispatch, bpmll, correlation
+from . import _dispatch
 from ._validation import check_epsilon
 
 try:
@@ -26,14 +26,19 @@ except ImportError:  # the attribute Keras 3 keeps the mask in
 
 __all__ = ["BPMLLLoss", "CCCLoss", "CorrelationLoss"]
 
-# Each class says it belongs to the module that has always
-# exported it (`bpmll`, `correlation`; they hand it out through their module
-# __getattr__), so that configs in .keras files ("module":
-# "tf_fused_losses.bpmll") and pickles read as before this module existed.
+# Saved .keras files name the classes by their registered names
+# ("tf_fused_losses>BPMLLLoss"), which Keras looks up before the "module"
+# field, so files saved when the classes said they lived in
+# `tf_fused_losses.bpmll` / `.correlation` load the same.
 
 
 def _framework():
     return _dispatch.backend_framework(keras.backend.backend())
+
+
+def _backend(*arrays):
+    """The backend module for the Keras backend's arrays (`_dispatch`)."""
+    return _dispatch.backend_for(_framework(), arrays)
 
 
 @keras.saving.register_keras_serializable(package="tf_fused_losses")
@@ -41,16 +46,11 @@ class BPMLLLoss(keras.losses.Loss):
     """Keras loss for multi-label ranking (BP-MLL; see `bpmll_loss`). Works
     with any reduction and with sample_weight of shape (batch,)."""
 
-    __module__ = "tf_fused_losses.bpmll"  # its public module (see above)
-
     def __init__(self, reduction="sum_over_batch_size", name="bpmll_loss", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
-        framework = _framework()
-        if framework == _dispatch.TENSORFLOW:
-            return _dispatch.tf_module().bpmll_loss(y_true, y_pred)
-        return bpmll.backend_loss(framework, y_true, y_pred)
+        return _backend(y_pred, y_true).bpmll_loss(y_true, y_pred)
 
     def get_config(self):
         return super().get_config()
@@ -88,10 +88,9 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         mask = getattr(_call_mask, "mask", None)
-        framework = _framework()
-        if framework == _dispatch.TENSORFLOW:
-            return _dispatch.tf_module().sequence_loss(y_true, y_pred, self.epsilon, mask, self._concordance)
-        return correlation.backend_loss(framework, y_true, y_pred, self.epsilon, mask, self._concordance)
+        return _backend(y_pred, y_true, mask).correlation_loss(
+            y_true, y_pred, epsilon=self.epsilon, mask=mask, concordance=self._concordance
+        )
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -101,7 +100,7 @@ def _per_step_weights(sample_weight):
     """(batch,) weights every step of a row; Keras would only broadcast them
     against (batch, 1) losses."""
     if _framework() == _dispatch.TENSORFLOW:
-        return _dispatch.tf_module().sequence_sample_weight(sample_weight)
+        return _backend().sequence_sample_weight(sample_weight)
     sample_weight = keras.ops.convert_to_tensor(sample_weight)
     if len(sample_weight.shape) == 1:
         sample_weight = keras.ops.expand_dims(sample_weight, -1)
@@ -115,7 +114,6 @@ class CorrelationLoss(_SequenceCorrelationLoss):
     (batch, steps); a Keras mask on y_pred restricts each row's moments to
     its valid steps."""
 
-    __module__ = "tf_fused_losses.correlation"  # its public module (see above)
     _concordance = False
 
     def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="correlation_loss", dtype=None):
@@ -127,7 +125,6 @@ class CCCLoss(_SequenceCorrelationLoss):
     """Keras loss: per-step concordance correlation (CCC) loss (see
     `ccc_loss`); same conventions as `CorrelationLoss`."""
 
-    __module__ = "tf_fused_losses.correlation"  # its public module (see above)
     _concordance = True
 
     def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="ccc_loss", dtype=None):

@@ -88,11 +88,10 @@ class OpRecorder:
 
 def record_ops(monkeypatch):
     """Routes every op call of the wrappers and gradients through a recorder."""
-    from tf_fused_losses import _loader, bpmll, correlation
+    from tf_fused_losses import _tf_ops
 
-    recorder = OpRecorder(_loader.ops())
-    for module in (bpmll, correlation):
-        monkeypatch.setattr(module, "ops", lambda: recorder)
+    recorder = OpRecorder(_tf_ops.ops())
+    monkeypatch.setattr(_tf_ops, "ops", lambda: recorder)
     return recorder
 
 
