@@ -1,8 +1,11 @@
-"""What bench/worker.py (TensorFlow) and bench/jax_worker.py (JAX) share:
-the inputs, the timing method, and the result and progress lines.
+"""What bench/worker.py (TensorFlow), bench/jax_worker.py (JAX) and
+bench/torch_worker.py (torch) share: the inputs, the timing method, and the
+result and progress lines; the JAX and torch workers also their self-check,
+case runner and job loop.
 
-Imports numpy only, so that both workers, in interpreters that have one of
-TensorFlow and JAX but maybe not the other, time their cases the same way.
+Imports numpy only, so that the workers, in interpreters that have one of
+TensorFlow, JAX and torch but maybe not the others, time their cases the
+same way.
 """
 
 import gc
@@ -12,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -182,3 +186,168 @@ def case_indices(job):
     where run.py set it, else counted from the job's first_index."""
     first = job.get("first_index", 0)
     return [case.get("index", first + number + 1) for number, case in enumerate(job["cases"])]
+
+
+# --------------------------------------------------------------------------
+# What the JAX and torch workers share: the y_true gradient choice and the
+# self-check of their implementations against the float64 numpy reference
+# --------------------------------------------------------------------------
+
+EPSILON = 1e-7  # the default of every implementation of Pearson and CCC
+SELF_CHECK_SIZES = {"bpmll": (5, 37), "correlation": (5, 41), "ccc": (5, 41)}
+SELF_CHECK_RTOL = 1e-4  # float32 against float64, relative to each array's largest element
+
+
+def grad_both(op, config):
+    """Whether fwd+bwd differentiates y_true too: as the TF columns, for
+    correlation and CCC under --corr-grad both (the fused losses compute
+    y_true's gradient only where it is differentiated)."""
+    return op != "bpmll" and config.get("corr_grad", "both") == "both"
+
+
+def _numpy_reference():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    helpers = os.path.join(root, "tests", "helpers")
+    if not os.path.isfile(os.path.join(helpers, "numpy_reference.py")):
+        return None
+    if helpers not in sys.path:
+        sys.path.insert(0, helpers)
+    import numpy_reference
+
+    return numpy_reference
+
+
+def _expected(ref, op, y_true, y_pred):
+    """(loss, grad_y_true or None, grad_y_pred) of the loss's mean, float64."""
+    batch, length = y_pred.shape
+    if op == "bpmll":
+        rule = ref.bpmll_rule(y_true.astype(np.float64), y_pred.astype(np.float64))
+        return rule.loss, None, rule.grad / batch
+    upstream = np.full(y_pred.shape, 1.0 / (batch * length))
+    out = ref.correlation(y_true, y_pred, None, EPSILON, upstream, concordance=op == "ccc")
+    return out.loss, out.grad_y, out.grad_x
+
+
+def self_check(impls, run_step, config):
+    """Each implementation's fwd+bwd step on a small float32 case against
+    numpy_reference (float64): {impl: {op: {"ok", "max_rel_err", "size"} or
+    {"ok": None, "reason"}}}, errors relative to each array's largest
+    element. run_step(impl, op, y_true, y_pred, both) returns the step's
+    outputs (loss, [grad_y_true,] grad_y_pred) as arrays numpy converts, or
+    raises ImportError or RuntimeError where the implementation cannot run."""
+    ref = _numpy_reference()
+    if ref is None:
+        return {"reason": "tests/helpers/numpy_reference.py is not in this checkout"}
+    out = {}
+    for impl in impls:
+        out[impl] = {}
+        for op, (batch, length) in SELF_CHECK_SIZES.items():
+            y_true, y_pred = make_arrays(op, batch, length, seed=1)
+            y_true = y_true.astype(np.float32)
+            both = grad_both(op, config)
+            try:
+                got = run_step(impl, op, y_true, y_pred, both)
+            except (ImportError, RuntimeError) as e:
+                out[impl][op] = {"ok": None, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
+                continue
+            loss, grad_true, grad_pred = _expected(ref, op, y_true, y_pred)
+            pairs = [("loss", got[0], loss), ("grad_y_pred", got[-1], grad_pred)]
+            if both:
+                pairs.append(("grad_y_true", got[1], grad_true))
+            errors = {}
+            for name, value, expected in pairs:
+                value = np.asarray(value, np.float64)
+                scale = max(float(np.max(np.abs(expected))), 1e-30)
+                errors[name] = float(np.max(np.abs(value - expected))) / scale
+            worst = max(errors.values())
+            out[impl][op] = {"ok": bool(np.isfinite(worst) and worst <= SELF_CHECK_RTOL), "max_rel_err": errors,
+                             "size": f"{batch}x{length}"}
+    return out
+
+
+# --------------------------------------------------------------------------
+# The JAX and torch workers' cases and job loop
+# --------------------------------------------------------------------------
+
+
+class Side:
+    """What a worker of another framework plugs into run_side_job:
+      framework      "JAX", "torch" (for messages)
+      import_error   why the framework does not import, or None
+      probe          probe(config) -> the meta payload
+      loss_function  loss_function(op, impl) -> loss (y_true, y_pred); raises
+                     ImportError or RuntimeError where impl cannot run
+      make_step      make_step(loss, mode, both) -> step(y_true, y_pred)
+      finish         finish(outputs) -> outputs, once the work is done
+                     (jax.block_until_ready)
+      to_inputs      to_inputs(y_true, y_pred) -> the framework's arrays
+      nbytes         nbytes(arrays) -> their bytes
+      memory         memory(step, y_true, y_pred) -> the case's
+                     peak_extra_bytes, memory_method, memory_floor_bytes
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def run_side_case(side, case, inputs, config):
+    """One float32 case of a side's worker: its result record."""
+    op, impl, mode = case["op"], case["impl"], case["mode"]
+    result = dict(case)
+    both = mode == "fwd+bwd" and grad_both(op, config)
+    result["grad_wrt"] = None if mode == "fwd" else ("y_true, y_pred" if both else "y_pred")
+    if (case["pred_dtype"], case["label_dtype"]) != ("float32", "float32"):
+        result.update(status="skipped", reason=f"the {side.framework} columns run float32 y_pred and y_true only")
+        return result
+    try:
+        loss_fn = side.loss_function(op, impl)
+    except (ImportError, RuntimeError) as e:
+        result.update(status="skipped", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:400]}")
+        return result
+    step = side.make_step(loss_fn, mode, both)
+    y_true, y_pred = inputs
+
+    def call():
+        return side.finish(step(y_true, y_pred))
+
+    try:
+        outputs = call()  # traces and compiles
+        result["bytes"] = side.nbytes((y_true, y_pred)) + side.nbytes(outputs)
+        result["y_pred_bytes"] = side.nbytes((y_pred,))
+        del outputs
+        result.update(side.memory(step, y_true, y_pred))
+        gc.collect()
+        estimate, _ = timed(call)
+        result.update(time_case(call, config, estimate))
+    except Exception as e:  # noqa: BLE001 - jaxlib raises its own XlaRuntimeError
+        result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        return result
+    result["status"] = "ok"
+    return result
+
+
+def run_side_job(side, job):
+    """A side worker's job: the probe, or its cases in order, inputs made
+    once per op and size."""
+    config = job["config"]
+    if job.get("probe"):
+        try:
+            emit("meta", side.probe(config))
+        except Exception:  # noqa: BLE001 - the reason goes to run.py
+            emit("meta", {"error": f"the {side.framework} probe failed: "
+                                   + traceback.format_exc().strip().splitlines()[-1]})
+        return
+    if side.import_error is not None:
+        raise SystemExit(f"{side.framework} does not import in {sys.executable}: {side.import_error}")
+    inputs_key, inputs = None, None
+    for index, case in zip(case_indices(job), job["cases"]):
+        key = (case["op"], case["batch"], case["length"])
+        if key != inputs_key:
+            inputs = None
+            gc.collect()
+            y_true, y_pred = make_arrays(case["op"], case["batch"], case["length"])
+            inputs = side.to_inputs(y_true.astype(np.float32), y_pred)
+            inputs_key = key
+        result = run_side_case(side, case, inputs, config)
+        progress(index, job["total"], case, result)
+        emit("case", result)

@@ -21,18 +21,13 @@ library loads, and a self-check of both implementations against
 tests/helpers/numpy_reference.py on a small case.
 """
 
-import gc
 import json
 import os
 import sys
-import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-import numpy as np  # noqa: E402
-
-from harness import case_indices, emit, make_arrays, progress, time_case, timed  # noqa: E402
+import numpy as np
+from harness import EPSILON, SELF_CHECK_RTOL, Side, run_side_job
+from harness import self_check as harness_self_check
 
 try:
     import jax
@@ -42,8 +37,6 @@ try:
 except Exception as e:  # noqa: BLE001 - reported to run.py, which skips the JAX columns
     jax = jnp = None
     JAX_IMPORT_ERROR = f"{type(e).__name__}: {e}"
-
-EPSILON = 1e-7  # the default of every implementation of Pearson and CCC
 
 
 # --------------------------------------------------------------------------
@@ -105,13 +98,6 @@ def loss_function(op, impl):
     raise ValueError(f"no JAX implementation {impl!r}")
 
 
-def grad_both(op, config):
-    """Whether fwd+bwd differentiates y_true too: as the TF columns, for
-    correlation and CCC under --corr-grad both (the fused JAX loss computes
-    y_true's gradient only where it is differentiated)."""
-    return op != "bpmll" and config.get("corr_grad", "both") == "both"
-
-
 def make_step(loss_fn, mode, both):
     """jax.jit of the loss, or of the loss and the gradient of its mean
     (value_and_grad with the per-element loss as auxiliary output), the
@@ -150,111 +136,16 @@ def peak_extra_bytes(step, y_true, y_pred):
 
 
 # --------------------------------------------------------------------------
-# Cases
-# --------------------------------------------------------------------------
-
-
-def run_case(case, inputs, config):
-    op, impl, mode = case["op"], case["impl"], case["mode"]
-    result = dict(case)
-    both = mode == "fwd+bwd" and grad_both(op, config)
-    result["grad_wrt"] = None if mode == "fwd" else ("y_true, y_pred" if both else "y_pred")
-    if (case["pred_dtype"], case["label_dtype"]) != ("float32", "float32"):
-        result.update(status="skipped", reason="the JAX columns run float32 y_pred and y_true only")
-        return result
-    try:
-        loss_fn = loss_function(op, impl)
-    except (ImportError, RuntimeError) as e:
-        result.update(status="skipped", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:400]}")
-        return result
-    step = make_step(loss_fn, mode, both)
-    y_true, y_pred = inputs
-
-    def call():
-        return jax.block_until_ready(step(y_true, y_pred))
-
-    try:
-        outputs = call()  # traces and compiles
-        result["bytes"] = _nbytes((y_true, y_pred)) + _nbytes(outputs)
-        result["y_pred_bytes"] = _nbytes(y_pred)
-        del outputs
-        result["peak_extra_bytes"] = peak_extra_bytes(step, y_true, y_pred)
-        result["memory_method"] = "xla-buffer-assignment"
-        result["memory_floor_bytes"] = 0
-        gc.collect()
-        estimate, _ = timed(call)
-        result.update(time_case(call, config, estimate))
-    except Exception as e:  # noqa: BLE001 - jaxlib raises its own XlaRuntimeError
-        result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-        return result
-    result["status"] = "ok"
-    return result
-
-
-# --------------------------------------------------------------------------
 # Probe: versions, the handler library, and the self-check
 # --------------------------------------------------------------------------
 
-SELF_CHECK_SIZES = {"bpmll": (5, 37), "correlation": (5, 41), "ccc": (5, 41)}
-SELF_CHECK_RTOL = 1e-4  # float32 against float64, relative to each array's largest element
-
-
-def _numpy_reference():
-    helpers = os.path.join(ROOT, "tests", "helpers")
-    if not os.path.isfile(os.path.join(helpers, "numpy_reference.py")):
-        return None
-    if helpers not in sys.path:
-        sys.path.insert(0, helpers)
-    import numpy_reference
-
-    return numpy_reference
-
-
-def _expected(ref, op, y_true, y_pred):
-    """(loss, grad_y_true or None, grad_y_pred) of the loss's mean, float64."""
-    batch, length = y_pred.shape
-    if op == "bpmll":
-        rule = ref.bpmll_rule(y_true.astype(np.float64), y_pred.astype(np.float64))
-        return rule.loss, None, rule.grad / batch
-    upstream = np.full(y_pred.shape, 1.0 / (batch * length))
-    out = ref.correlation(y_true, y_pred, None, EPSILON, upstream, concordance=op == "ccc")
-    return out.loss, out.grad_y, out.grad_x
-
-
 def self_check(config):
-    """Each JAX implementation's fwd+bwd step on a small float32 case against
-    numpy_reference (float64): {impl: {op: {"ok", "max_rel_err"} or
-    {"ok": None, "reason"}}}, errors relative to each array's largest
-    element."""
-    ref = _numpy_reference()
-    if ref is None:
-        return {"reason": "tests/helpers/numpy_reference.py is not in this checkout"}
-    out = {}
-    for impl in ("jax_pure", "jax_fused"):
-        out[impl] = {}
-        for op, (batch, length) in SELF_CHECK_SIZES.items():
-            y_true, y_pred = make_arrays(op, batch, length, seed=1)
-            y_true = y_true.astype(np.float32)
-            try:
-                loss_fn = loss_function(op, impl)
-            except (ImportError, RuntimeError) as e:
-                out[impl][op] = {"ok": None, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
-                continue
-            both = grad_both(op, config)
-            got = make_step(loss_fn, "fwd+bwd", both)(jnp.asarray(y_true), jnp.asarray(y_pred))
-            loss, grad_true, grad_pred = _expected(ref, op, y_true, y_pred)
-            pairs = [("loss", got[0], loss), ("grad_y_pred", got[-1], grad_pred)]
-            if both:
-                pairs.append(("grad_y_true", got[1], grad_true))
-            errors = {}
-            for name, value, expected in pairs:
-                value = np.asarray(value, np.float64)
-                scale = max(float(np.max(np.abs(expected))), 1e-30)
-                errors[name] = float(np.max(np.abs(value - expected))) / scale
-            worst = max(errors.values())
-            out[impl][op] = {"ok": bool(np.isfinite(worst) and worst <= SELF_CHECK_RTOL), "max_rel_err": errors,
-                             "size": f"{batch}x{length}"}
-    return out
+    """harness.self_check of both JAX implementations."""
+
+    def run_step(impl, op, y_true, y_pred, both):
+        return make_step(loss_function(op, impl), "fwd+bwd", both)(jnp.asarray(y_true), jnp.asarray(y_pred))
+
+    return harness_self_check(("jax_pure", "jax_fused"), run_step, config)
 
 
 def probe(config):
@@ -290,32 +181,26 @@ def probe(config):
 # --------------------------------------------------------------------------
 
 
-def run_job(job):
-    config = job["config"]
-    if job.get("probe"):
-        try:
-            emit("meta", probe(config))
-        except Exception:  # noqa: BLE001 - the reason goes to run.py
-            emit("meta", {"error": "the JAX probe failed: " + traceback.format_exc().strip().splitlines()[-1]})
-        return
-    if JAX_IMPORT_ERROR is not None:
-        raise SystemExit(f"jax does not import in {sys.executable}: {JAX_IMPORT_ERROR}")
-    inputs_key, inputs = None, None
-    for index, case in zip(case_indices(job), job["cases"]):
-        key = (case["op"], case["batch"], case["length"])
-        if key != inputs_key:
-            inputs = None
-            gc.collect()
-            y_true, y_pred = make_arrays(case["op"], case["batch"], case["length"])
-            inputs = (jnp.asarray(y_true.astype(np.float32)), jnp.asarray(y_pred))
-            inputs_key = key
-        result = run_case(case, inputs, config)
-        progress(index, job["total"], case, result)
-        emit("case", result)
+def memory(step, y_true, y_pred):
+    return {"peak_extra_bytes": peak_extra_bytes(step, y_true, y_pred), "memory_method": "xla-buffer-assignment",
+            "memory_floor_bytes": 0}
+
+
+SIDE = Side(
+    framework="JAX",
+    import_error=JAX_IMPORT_ERROR,
+    probe=probe,
+    loss_function=loss_function,
+    make_step=make_step,
+    finish=lambda outputs: jax.block_until_ready(outputs),
+    to_inputs=lambda y_true, y_pred: (jnp.asarray(y_true), jnp.asarray(y_pred)),
+    nbytes=_nbytes,
+    memory=memory,
+)
 
 
 def main():
-    run_job(json.load(sys.stdin))
+    run_side_job(SIDE, json.load(sys.stdin))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ IMPL_LABELS = {
     "peer": "bpmll (PyPI), graph",
     "jax_fused": "JAX fused (ffi)",
     "jax_pure": "JAX pure (jit)",
+    "torch_fused": "torch fused (torch.library)",
+    "torch_keras": "torch keras.ops forms",
+    "torch_seed": "torch seed formula, eager",
+    "torch_compile": "torch pure, torch.compile",
 }
 # The README's table: one row per op and size, one column per implementation.
 SUMMARY_LABELS = {
@@ -22,6 +26,10 @@ SUMMARY_LABELS = {
     "peer": "PyPI bpmll",
     "jax_fused": "JAX fused (ffi)",
     "jax_pure": "JAX pure (jit)",
+    "torch_fused": "torch fused",
+    "torch_keras": "torch keras.ops",
+    "torch_seed": "torch seed eager",
+    "torch_compile": "torch pure compile",
 }
 SUMMARY_OPS = {"bpmll": "BP-MLL", "correlation": "Pearson", "ccc": "CCC"}
 JAX_FORMS = {
@@ -30,6 +38,17 @@ JAX_FORMS = {
     "ccc": ("tf_fused_losses._jax_ops.correlation_loss(concordance=True)",
             "bench/jax_worker.py correlation_pure(concordance=True)"),
 }
+TORCH_FORMS = {
+    "bpmll": ("tf_fused_losses._torch_ops.bpmll_loss", "tf_fused_losses._keras_ops.bpmll_loss",
+              "bench/torch_worker.py bpmll_seed", "bench/torch_worker.py bpmll_stable (factored, max shifts)"),
+    "correlation": ("tf_fused_losses._torch_ops.correlation_loss", "tf_fused_losses._keras_ops.correlation_loss",
+                    "bench/torch_worker.py correlation_seed", "bench/torch_worker.py correlation_seed"),
+    "ccc": ("tf_fused_losses._torch_ops.correlation_loss(concordance=True)",
+            "tf_fused_losses._keras_ops.correlation_loss(concordance=True)",
+            "bench/torch_worker.py correlation_seed(concordance=True)",
+            "bench/torch_worker.py correlation_seed(concordance=True)"),
+}
+TORCH_FORMS_IMPLS = ("torch_fused", "torch_keras", "torch_seed", "torch_compile")
 OP_TITLES = {
     "bpmll": ("BP-MLL", "tf_fused_losses.bpmll_loss", "L"),
     "correlation": ("Pearson correlation", "tf_fused_losses.correlation_loss", "T"),
@@ -196,6 +215,33 @@ def targets(rows):
         met = fused["peak_over_y_pred"] <= 3
         measured = f"{fused['peak_over_y_pred']:.2f}x y_pred ({fused['peak_extra_bytes'] / 2**20:.0f} MiB)"
     out.append(("Peak extra memory of a BP-MLL fwd+bwd step at B=64, L=200000: <= 3x the size of y_pred", met, measured))
+    out += _torch_targets(rows)
+    return out
+
+
+def _torch_targets(rows):
+    """Issue 20's: at BP-MLL 256x30000 fwd+bwd, float32, the fused torch op
+    >= 3x torch.compile of the stable pure form, and within 15% of the TF
+    fused op of the same run. Left out where the run has no torch column."""
+    torch_fused = _find(rows, "bpmll", 256, 30000, "fwd+bwd", "torch_fused")
+    if torch_fused is None:
+        return []
+    out = []
+    compiled = _find(rows, "bpmll", 256, 30000, "fwd+bwd", "torch_compile")
+    tf_fused = _find(rows, "bpmll", 256, 30000, "fwd+bwd", "fused")
+    for other, description, check in (
+        (compiled, ">= 3x faster than torch.compile of the stable pure form", lambda ratio: ratio >= 3),
+        (tf_fused, "within 15% of the TF fused op", lambda ratio: ratio >= 1 / 1.15),
+    ):
+        pair = [("torch fused", torch_fused), ("the other column", other)]
+        missing = next((f"{name}: {'not measured' if r is None else r['status']}" for name, r in pair
+                        if r is None or r["status"] != "ok"), None)
+        if missing:
+            met, measured = None, missing
+        else:
+            ratio = other["median_s"] / torch_fused["median_s"]
+            met, measured = check(ratio), f"{ratio:.3g}x ({_ms(torch_fused['median_s'])} vs {_ms(other['median_s'])} ms)"
+        out.append((f"BP-MLL fwd+bwd, B=256, L=30000, float32, torch fused: {description}", met, measured))
     return out
 
 
@@ -299,6 +345,8 @@ def markdown(meta, rows):
                   + "; at the end: " + ", ".join(map(str, load["end"])) + f" ({machine.get('nproc')} CPUs)."]
     if meta.get("jax"):
         lines += ["", _jax_line(meta["jax"])]
+    if meta.get("torch"):
+        lines += ["", _torch_line(meta["torch"])]
     table = summary(rows)
     if table is not None and table["rows"]:
         what = "forward + backward (the gradient of the loss's mean)" if table["mode"] == "fwd+bwd" else "forward"
@@ -318,6 +366,10 @@ def markdown(meta, rows):
         line = f"Fused: `{function}`; pure TF: `{meta['reference'][op]}`"
         if any(r["impl"] in ("jax_fused", "jax_pure") for r in op_rows):
             line += f"; JAX fused: `{JAX_FORMS[op][0]}` under `jax.jit`; JAX pure: `{JAX_FORMS[op][1]}` under `jax.jit`"
+        if any(r["impl"] in TORCH_FORMS_IMPLS for r in op_rows):
+            fused, keras, seed, pure = TORCH_FORMS[op]
+            line += (f"; torch fused: `{fused}`; torch keras.ops: `{keras}`; torch seed: `{seed}` (eager); "
+                     f"torch pure: `{pure}` under `torch.compile`")
         lines.append(line + ".")
         lines.append("")
         lines += _table([r for r in op_rows if r["status"] == "ok"], length_name)
@@ -342,6 +394,7 @@ MEMORY_METHODS = {
     "xla-buffer-assignment": ("XLA's buffer assignment of the compiled step, temporaries plus outputs "
                               "(compiled.memory_analysis()): planned, not measured, since jaxlib's CPU client keeps "
                               "no allocator statistics; allocations inside the custom calls' handlers are not in it"),
+    "torch-none": "not measured (torch keeps no statistics of its CPU allocator)",
 }
 
 
@@ -352,7 +405,7 @@ def _memory_method(rows):
         return MEMORY_METHODS.get(methods[0], "method " + methods[0])
     parts = []
     for m in methods:
-        who = "the JAX rows" if m == "xla-buffer-assignment" else "the TF rows"
+        who = {"xla-buffer-assignment": "the JAX rows", "torch-none": "the torch rows"}.get(m, "the TF rows")
         parts.append(f"for {who}, {MEMORY_METHODS.get(m, 'method ' + m)}")
     return "; ".join(parts)
 
@@ -367,24 +420,41 @@ def _jax_line(jax):
         text += f", handlers from `{load['library']}` (FFI API {load['library_ffi_api']} on {load['jaxlib_ffi_api']})"
     elif jax.get("load_error"):
         text += f"; the handler library did not load: {jax['load_error'].rstrip('.')}"
-    check = jax.get("self_check") or {}
+    return text + _self_check_text(jax, ("jax_pure", "jax_fused"))
+
+
+def _torch_line(torch):
+    if torch.get("error"):
+        return f"torch: {torch['error']}"
+    text = (f"torch {torch['torch']} (Python {torch['python_version']}, {torch['python']}, {torch['threads']} "
+            f"threads), in its own worker process; package `{torch.get('package', '?')}`")
+    if torch.get("load"):
+        text += f", C entry points from `{torch['load']['library']}` ({', '.join(torch['load']['platforms'])})"
+    elif torch.get("load_error"):
+        text += f"; the C entry points did not load: {torch['load_error'].rstrip('.')}"
+    return text + _self_check_text(torch, TORCH_FORMS_IMPLS)
+
+
+def _self_check_text(meta, impls):
+    """The verdicts of a worker's self-check (bench/harness.py), then the
+    full stop."""
+    check = meta.get("self_check") or {}
     if check.get("reason"):
-        text += f". Self-check not run: {check['reason']}"
-    else:
-        verdicts = []
-        for impl in ("jax_pure", "jax_fused"):
-            ops = check.get(impl, {})
-            ran = {op: c for op, c in ops.items() if c.get("ok") is not None}
-            if not ran:
-                continue
-            worst = max(max(c["max_rel_err"].values()) for c in ran.values())
-            state = "passed" if all(c["ok"] for c in ran.values()) else "FAILED"
-            verdicts.append(f"{IMPL_LABELS[impl]} {state} (largest error {worst:.2g} of each array's largest "
-                            f"element, tolerance {jax.get('self_check_rtol', 0):g})")
-        if verdicts:
-            text += (". Self-check of fwd+bwd against tests/helpers/numpy_reference.py (float64) on a 5-row case: "
-                     + "; ".join(verdicts))
-    return text + "."
+        return f". Self-check not run: {check['reason']}."
+    verdicts = []
+    for impl in impls:
+        ops = check.get(impl, {})
+        ran = {op: c for op, c in ops.items() if c.get("ok") is not None}
+        if not ran:
+            continue
+        worst = max(max(c["max_rel_err"].values()) for c in ran.values())
+        state = "passed" if all(c["ok"] for c in ran.values()) else "FAILED"
+        verdicts.append(f"{IMPL_LABELS[impl]} {state} (largest error {worst:.2g} of each array's largest "
+                        f"element, tolerance {meta.get('self_check_rtol', 0):g})")
+    if not verdicts:
+        return "."
+    return (". Self-check of fwd+bwd against tests/helpers/numpy_reference.py (float64) on a 5-row case: "
+            + "; ".join(verdicts) + ".")
 
 
 # --------------------------------------------------------------------------

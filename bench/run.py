@@ -11,8 +11,11 @@ bandwidth. Cases run in worker subprocesses (bench/worker.py), one per op
 and size by default, so that a case that runs out of memory costs only its
 group. The JAX columns (the fused handlers through jax.ffi, and the pure
 forms in jax.numpy, both under jax.jit) run in bench/jax_worker.py under a
-JAX interpreter (--jax-python), right after the TF worker of the same op and
-size. See docs/benchmarks.md for what each column means.
+JAX interpreter (--jax-python), and the torch columns (the fused torch.library
+ops, the keras.ops forms on torch, the seed formulas in eager torch, and
+torch.compile of the stable pure forms) in bench/torch_worker.py under a
+torch interpreter (--torch-python), right after the TF worker of the same op
+and size. See docs/benchmarks.md for what each column means.
 """
 
 import argparse
@@ -35,11 +38,15 @@ import report  # noqa: E402  (bench/report.py, found through HERE)
 
 WORKER = os.path.join(HERE, "worker.py")
 JAX_WORKER = os.path.join(HERE, "jax_worker.py")
-JAX_LIBRARY_ENV = "TFL_CORE_LIBRARY"  # read by tf_fused_losses._jax_ops.library_path()
+TORCH_WORKER = os.path.join(HERE, "torch_worker.py")
+# Read by tf_fused_losses._jax_ops.library_path() and _core_c_api (torch).
+JAX_LIBRARY_ENV = "TFL_CORE_LIBRARY"
 RESULT_PREFIX = "RESULT "
 
 OPS = ("bpmll", "correlation", "ccc")
 JAX_IMPLS = ("jax_fused", "jax_pure")
+# Planned where --torch-python is given (or named in --impls).
+TORCH_IMPLS = ("torch_fused", "torch_keras", "torch_seed", "torch_compile")
 IMPLS = {
     "bpmll": ("fused", "fused_xla", "graph", "xla", "pairwise", "peer") + JAX_IMPLS,
     "correlation": ("fused", "fused_xla", "graph", "xla") + JAX_IMPLS,
@@ -71,7 +78,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, for a smoke test; writes no file unless asked")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of %(default)s")
-    p.add_argument("--impls", default=",".join(IMPLS["bpmll"]), help="comma-separated subset of %(default)s")
+    p.add_argument("--impls", help=f"comma-separated subset of {','.join(IMPLS['bpmll'] + TORCH_IMPLS)} (default: "
+                                   f"all but the torch ones, which --torch-python adds)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %(default)s")
     p.add_argument("--bpmll-sizes", help=f"BxL list (default {DEFAULT_SIZES['bpmll']})")
     p.add_argument("--corr-sizes", help=f"BxT list for correlation and CCC (default {DEFAULT_SIZES['correlation']})")
@@ -105,6 +113,10 @@ def parse_args(argv=None):
                         "TensorFlow. Default: this interpreter if it can import jax, else the JAX columns are "
                         "skipped, saying why. Its worker imports the package from <repo>/python and finds "
                         "libtfl_core.so there (lib/) or at $TFL_CORE_LIBRARY")
+    p.add_argument("--torch-python",
+                   help="Python interpreter with torch (and keras, for the keras.ops column) for the torch columns "
+                        f"({', '.join(TORCH_IMPLS)}); it needs no TensorFlow. Its worker imports the package from "
+                        "<repo>/python and finds libtfl_core.so there (lib/) or at $TFL_CORE_LIBRARY")
     args = p.parse_args(argv)
 
     quick = args.quick
@@ -129,7 +141,9 @@ def parse_args(argv=None):
     args.bpmll_dtypes = parse_dtypes(args.bpmll_dtypes or dtypes["bpmll"], "--bpmll-dtypes")
     args.corr_dtypes = parse_dtypes(args.corr_dtypes or dtypes["correlation"], "--corr-dtypes")
     args.ops = parse_choice(args.ops, OPS, "--ops")
-    args.impls = parse_choice(args.impls, IMPLS["bpmll"], "--impls")
+    if args.impls is None:
+        args.impls = ",".join(IMPLS["bpmll"] + (TORCH_IMPLS if args.torch_python else ()))
+    args.impls = parse_choice(args.impls, IMPLS["bpmll"] + TORCH_IMPLS, "--impls")
     args.modes = parse_choice(args.modes, MODES, "--modes")
     if args.min_repeats < 1 or args.max_repeats < args.min_repeats:
         p.error(f"need 1 <= --min-repeats <= --max-repeats; got {args.min_repeats} and {args.max_repeats}")
@@ -186,7 +200,7 @@ def plan_groups(args):
             # Correlation's inputs share one dtype.
             dtype_pairs = [(pred, pred) for pred, _ in dtype_pairs]
             dtype_pairs = list(dict.fromkeys(dtype_pairs))
-        impls = [i for i in IMPLS[op] if i in args.impls]
+        impls = [i for i in IMPLS[op] + TORCH_IMPLS if i in args.impls]
         for batch, length in sizes:
             group = []
             for pred, label in dtype_pairs:
@@ -240,11 +254,11 @@ def _forward_progress(stream, tail):
             tail.append(line.rstrip("\n"))
 
 
-def jax_worker_env():
-    """The JAX worker's environment: this one, but PYTHONPATH=<repo>/python
-    alone (the checkout's package, and nothing meant for the TF interpreter);
-    TFL_CORE_LIBRARY passes through only where the user set it, else the
-    package's own lib/libtfl_core.so is used."""
+def side_worker_env():
+    """The JAX and torch workers' environment: this one, but
+    PYTHONPATH=<repo>/python alone (the checkout's package, and nothing meant
+    for the TF interpreter); TFL_CORE_LIBRARY passes through only where the
+    user set it, else the package's own lib/libtfl_core.so is used."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.join(ROOT, "python")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -289,17 +303,19 @@ def run_worker(job, python=None, script=WORKER, env=None):
     return records, why
 
 
-class JaxSide:
-    """The JAX interpreter, what its probe found, and why a JAX case cannot
-    run (None where it can)."""
+class Side:
+    """A worker of another framework (JAX, torch): its interpreter, what its
+    probe found, and why one of its cases cannot run (None where it can)."""
 
-    def __init__(self, python, meta, reason):
+    def __init__(self, impls, script, python, meta, reason):
+        self.impls = impls
+        self.script = script
         self.python = python
         self.meta = meta  # the probe's payload, or None
         self.reason = reason  # why no JAX case runs, or None
 
     def why_not(self, case):
-        """Why this JAX case is not run (status, reason), or None to run it."""
+        """Why this case is not run (status, reason), or None to run it."""
         if self.reason:
             return "skipped", self.reason
         check = (self.meta.get("self_check") or {}).get(case["impl"], {}).get(case["op"])
@@ -307,7 +323,7 @@ class JaxSide:
             errors = ", ".join(f"{k} {v:.2g}" for k, v in check["max_rel_err"].items())
             return "failed", (f"self-check against tests/helpers/numpy_reference.py failed at {check['size']} "
                               f"(relative errors {errors}; tolerance {self.meta['self_check_rtol']:g})")
-        if case["impl"] == "jax_fused" and self.meta.get("load_error"):
+        if case["impl"] == self.impls[0] and self.meta.get("load_error"):  # the fused column
             reason = self.meta["load_error"]
             built = os.path.join(ROOT, "build", "cmake", "lib", "libtfl_core.so")
             if not os.environ.get(JAX_LIBRARY_ENV) and os.path.isfile(built):
@@ -316,21 +332,30 @@ class JaxSide:
         return None
 
 
-def probe_jax(args, config):
-    """Finds the JAX interpreter and runs the JAX worker's probe (versions,
-    the handler library, the self-check) once; returns a JaxSide."""
-    wanted = [i for i in JAX_IMPLS if i in args.impls]
+# What each other framework's worker is: (its implementations, the fused one
+# first; its script; the flag naming its interpreter; the framework).
+SIDES = {
+    "jax": (JAX_IMPLS, JAX_WORKER, "--jax-python", "JAX"),
+    "torch": (TORCH_IMPLS, TORCH_WORKER, "--torch-python", "torch"),
+}
+
+
+def probe_side(args, config, name):
+    """Finds the interpreter of SIDES[name] and runs its worker's probe
+    (versions, the library, the self-check) once; returns a Side."""
+    impls, script, flag, framework = SIDES[name]
+    wanted = [i for i in impls if i in args.impls]
     if not wanted:
-        return JaxSide(None, None, "not asked for (--impls)")
-    python = args.jax_python or sys.executable
-    where = "--jax-python" if args.jax_python else "this interpreter (pass --jax-python PATH for another)"
-    records, error = run_worker({"config": config, "probe": True, "cases": []}, python, JAX_WORKER, jax_worker_env())
+        return Side(impls, script, None, None, "not asked for (--impls)")
+    python = getattr(args, name + "_python") or sys.executable
+    where = flag if getattr(args, name + "_python") else f"this interpreter (pass {flag} PATH for another)"
+    records, error = run_worker({"config": config, "probe": True, "cases": []}, python, script, side_worker_env())
     meta = next((payload for kind, payload in records if kind == "meta"), None)
     if meta is None:
-        return JaxSide(python, None, f"the JAX worker did not start under {python} ({where}): {error}")
+        return Side(impls, script, python, None, f"the {framework} worker did not start under {python} ({where}): {error}")
     if meta.get("error"):
-        return JaxSide(python, meta, f"{meta['error']} ({where})")
-    return JaxSide(python, meta, None)
+        return Side(impls, script, python, meta, f"{meta['error']} ({where})")
+    return Side(impls, script, python, meta, None)
 
 
 def _case_line(total, case, status, reason):
@@ -354,10 +379,11 @@ def _run_part(job, cases, python, script, env, total):
     return meta, done, error
 
 
-def run_all(args, groups, jax_side=None):
-    """Runs every job: its TF cases in bench/worker.py, then its JAX cases in
-    bench/jax_worker.py; returns the TF worker's metadata and the results in
-    the plan's order."""
+def run_all(args, groups, sides=None):
+    """Runs every job: its TF cases in bench/worker.py, then the cases of
+    each other framework in its worker (`sides`: name -> Side); returns the
+    TF worker's metadata and the results in the plan's order."""
+    sides = sides or {}
     config = worker_config(args)
     jobs = plan_jobs(groups, args.isolate)
     total = sum(len(job) for job in jobs)
@@ -371,8 +397,8 @@ def run_all(args, groups, jax_side=None):
         jobs.insert(0, [])  # the copy bandwidth and versions, alone in a process
     for number, cases in enumerate(jobs):
         job = {"config": config, "meta": number == 0, "total": total}
-        tf_cases = [c for c in cases if c["impl"] not in JAX_IMPLS]
-        jax_cases = [c for c in cases if c["impl"] in JAX_IMPLS]
+        other_impls = {impl: name for name, (impls, _, _, _) in SIDES.items() for impl in impls}
+        tf_cases = [c for c in cases if c["impl"] not in other_impls]
         by_index = {}
         if tf_cases or number == 0:
             tf_meta, done, error = _run_part(job, tf_cases, None, WORKER, None, total)
@@ -380,18 +406,19 @@ def run_all(args, groups, jax_side=None):
             if number == 0 and meta is None:
                 raise SystemExit(f"the benchmark worker could not start: {error}")
             by_index.update((r["index"], r) for r in done)
-        runnable = []
-        for case in jax_cases:
-            why = jax_side.why_not(case) if jax_side is not None else ("skipped", "no JAX interpreter")
-            if why is None:
-                runnable.append(case)
-            else:
-                by_index[case["index"]] = dict(case, status=why[0], reason=why[1])
-                print(_case_line(total, case, *why), file=sys.stderr, flush=True)
-        if runnable:
-            _, done, _ = _run_part(dict(job, meta=False), runnable, jax_side.python, JAX_WORKER, jax_worker_env(),
-                                   total)
-            by_index.update((r["index"], r) for r in done)
+        for name, (_, script, _, framework) in SIDES.items():
+            side = sides.get(name)
+            runnable = []
+            for case in (c for c in cases if other_impls.get(c["impl"]) == name):
+                why = side.why_not(case) if side is not None else ("skipped", f"no {framework} interpreter")
+                if why is None:
+                    runnable.append(case)
+                else:
+                    by_index[case["index"]] = dict(case, status=why[0], reason=why[1])
+                    print(_case_line(total, case, *why), file=sys.stderr, flush=True)
+            if runnable:
+                _, done, _ = _run_part(dict(job, meta=False), runnable, side.python, script, side_worker_env(), total)
+                by_index.update((r["index"], r) for r in done)
         results.extend(by_index[c["index"]] for c in cases)
     for r in results:
         r.pop("index", None)
@@ -501,14 +528,18 @@ def main(argv=None):
     notes = []
     ensure_peer(args, notes)
     groups = plan_groups(args)
-    jax_side = probe_jax(args, worker_config(args)) if any(
-        c["impl"] in JAX_IMPLS for group in groups for c in group) else None
-    if jax_side is not None and jax_side.reason:
-        notes.append(f"JAX columns skipped: {jax_side.reason}")
-        print(f"JAX columns skipped: {jax_side.reason}", file=sys.stderr, flush=True)
-    meta, results = run_all(args, groups, jax_side)
-    if jax_side is not None and jax_side.meta is not None:
-        meta["jax"] = jax_side.meta
+    sides = {}
+    for name, (impls, _, _, framework) in SIDES.items():
+        if not any(c["impl"] in impls for group in groups for c in group):
+            continue
+        sides[name] = side = probe_side(args, worker_config(args), name)
+        if side.reason:
+            notes.append(f"{framework} columns skipped: {side.reason}")
+            print(f"{framework} columns skipped: {side.reason}", file=sys.stderr, flush=True)
+    meta, results = run_all(args, groups, sides)
+    for name, side in sides.items():
+        if side.meta is not None:
+            meta[name] = side.meta
     meta["machine"] = machine_description()
     meta["command"] = " ".join(["python", "bench/run.py"] + list(sys.argv[1:] if argv is None else argv))
     meta["config"] = worker_config(args)

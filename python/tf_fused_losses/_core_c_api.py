@@ -9,9 +9,14 @@ Nothing is loaded at import; `library()` loads the core on first use.
 """
 
 import ctypes
+import os
 import threading
 
 from ._loader import check_cpu_isa, core_library_path
+
+# As for the JAX frontend (_jax_ops.LIBRARY_ENV): another libtfl_core.so
+# than the package's own (a developer build, the benchmarks).
+LIBRARY_ENV = "TFL_CORE_LIBRARY"
 
 # TFL_C_API_VERSION of the header these bindings follow.
 C_API_VERSION = 1
@@ -57,8 +62,13 @@ _lock = threading.Lock()
 _state = {}  # "library": the ctypes handle, "functions": {(kernel, platform): function}
 
 
+def library_path():
+    """$TFL_CORE_LIBRARY if set, else the package's lib/libtfl_core.so."""
+    return os.environ.get(LIBRARY_ENV) or core_library_path()
+
+
 def _load():
-    path = core_library_path()
+    path = library_path()
     try:
         library = ctypes.CDLL(path)
     except OSError as e:
