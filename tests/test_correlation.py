@@ -116,10 +116,24 @@ def test_matches_seed_formula(rng, kind, dtype, shape):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("shape", [(3, 500), (40, 110_001)])  # the second streams its outputs
-def test_a_tape_on_y_pred_alone_skips_the_gradient_of_y_true(rng, kind, mode, shape):
+def test_a_tape_on_y_pred_alone_skips_the_gradient_of_y_true(rng, monkeypatch, kind, mode, shape):
     """In a training step y_true is a constant: the tape marks it as not
-    needed, and the op then neither computes nor writes its gradient."""
+    needed, and the op then neither computes nor writes its gradient. In a
+    function the graph's gradient op says so; eagerly the op runs at once,
+    and the call is recorded (the op library's own wrapper, whatever Python
+    calls it)."""
     fused = KINDS[kind][0]
+    library = tfl._loader.ops()
+    real_grad_op = library.fused_correlation_loss_grad
+    eager_calls = []
+
+    def recording_grad_op(*args, **kwargs):
+        grads = real_grad_op(*args, **kwargs)
+        eager_calls.append((kwargs.get("compute_grad_y_true"), tuple(grads[0].shape)))
+        return grads
+
+    if mode == "eager":
+        monkeypatch.setattr(library, "fused_correlation_loss_grad", recording_grad_op)
     y, x = make_pair(rng, shape, np.float32)
     upstream = tf.constant(rng.uniform(0.5, 2.0, size=shape).astype(np.float32))
 
@@ -135,6 +149,10 @@ def test_a_tape_on_y_pred_alone_skips_the_gradient_of_y_true(rng, kind, mode, sh
         grad_ops = [op for op in graph.get_operations() if op.type == "FusedCorrelationLossGrad"]
         assert len(grad_ops) == 1 and grad_ops[0].get_attr("compute_grad_y_true") is False
     got = y_pred_only(tf.constant(y), tf.constant(x)).numpy()
+    if mode == "eager":
+        # One gradient op, asked for no y_true gradient, which gave an empty one.
+        assert eager_calls == [(False, (0,))], eager_calls
+        monkeypatch.undo()
     _, _, want = loss_and_grads(fused, y, x, upstream.numpy())
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
@@ -584,33 +602,61 @@ np.savez(sys.argv[1], *out, cpu_isa=np.array(str(tfl.build_info().get("cpu_isa")
 """
 
 
+def cpu_build_inputs():
+    """CPU_BUILD_SCRIPT's inputs, drawn as it draws them."""
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=(3, 9000))
+    x = 0.5 * y + rng.normal(size=y.shape)
+    return y, x, rng.random(y.shape) < 0.9
+
+
+def cpu_build_condition(y, x, mask):
+    """The magnitude of the terms in the rows' sums over the outputs' scale:
+    the sums of centred values and their products, against the rows'
+    spreads (as reference_checks.check_correlation's condition), largest
+    over the rows."""
+    conditions = []
+    for yr, xr in zip(np.where(mask, y, np.nan), np.where(mask, x, np.nan)):
+        yr, xr = yr[~np.isnan(yr)], xr[~np.isnan(xr)]
+        spread = xr.std() + yr.std()
+        reach = np.abs(xr.mean()) + np.abs(yr.mean()) + np.abs(xr - xr.mean()).max() + np.abs(yr - yr.mean()).max()
+        conditions.append(1 + reach / spread)
+    return max(conditions)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 def test_every_cpu_build_agrees(tmp_path, isa):
-    """The chunk loops of each x86-64 level against this process's (the best
-    this CPU runs). TFL_CPU_ISA caps the choice once, at the first call, so
-    the capped build runs in a process of its own."""
+    """The chunk loops of each x86-64 level against the baseline build, each
+    capped by TFL_CPU_ISA in a process of its own (the cap is read once, at
+    the first call), within what the order of their sums and FMA
+    contraction can move (reference_checks.cpu_build_rtol): they are not
+    bit-equal. And this process, uncapped, runs its CPU's best build."""
     from helpers import cpu_isa_level, runnable_cpu_isas, subprocess_env
+    from helpers.reference_checks import cpu_build_rtol
 
     best = cpu_isa_level()
-    if isa not in runnable_cpu_isas():
+    if isa not in runnable_cpu_isas() or "baseline" not in runnable_cpu_isas():
         pytest.skip(f"this CPU ({best}) or library ({tfl.build_info().get('cpu_isas')}) cannot run the {isa} build")
     script = tmp_path / "run.py"
     script.write_text(CPU_BUILD_SCRIPT)
-    env = subprocess_env({"TFL_CPU_ISA": isa}, pure_tf=False)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "capped.npz")], check=True, env=env, timeout=300)
-    here = {"sys": sys, "__name__": "cpu_build"}
-    argv, sys.argv = sys.argv, ["run.py", str(tmp_path / "best.npz")]
-    try:
-        exec(CPU_BUILD_SCRIPT, here)
-    finally:
-        sys.argv = argv
-    capped, best_run = np.load(tmp_path / "capped.npz"), np.load(tmp_path / "best.npz")
-    # The cap took effect, and this process runs its CPU's best build.
-    assert str(capped["cpu_isa"]) == isa, f"TFL_CPU_ISA={isa}, but build_info() reports {capped['cpu_isa']}"
+    runs = {}
+    for cap in ("baseline", isa):
+        env = subprocess_env({"TFL_CPU_ISA": cap}, pure_tf=False)
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"{cap}.npz")], check=True, env=env, timeout=300)
+        runs[cap] = np.load(tmp_path / f"{cap}.npz")
+        # The cap took effect.
+        assert str(runs[cap]["cpu_isa"]) == cap, f"TFL_CPU_ISA={cap}, but build_info() reports {runs[cap]['cpu_isa']}"
     if "TFL_CPU_ISA" not in os.environ and not tfl.use_pure_tf():
+        tfl.correlation_loss(np.ones((1, 3), np.float32), np.arange(3, dtype=np.float32)[None])  # loads the library
         expected = runnable_cpu_isas()[-1]
-        assert str(best_run["cpu_isa"]) == expected, f"uncapped on a {best} CPU, build_info() reports {best_run['cpu_isa']}"
-    for key in best_run.files:
-        if key != "cpu_isa":
-            assert_close_scaled(capped[key], best_run[key], 1e-4, key)
+        in_use = tfl.build_info().get("cpu_isa")
+        assert in_use == expected, f"uncapped on a {best} CPU, build_info() reports {in_use}"
+    condition = cpu_build_condition(*cpu_build_inputs())
+    keys = sorted((key for key in runs["baseline"].files if key != "cpu_isa"), key=lambda k: int(k.split("_")[1]))
+    assert len(keys) == 12  # loss, grad y_true, grad y_pred; Pearson, CCC; float32, float64
+    for i, key in enumerate(keys):
+        dtype = "float32" if i < 6 else "float64"
+        base = runs["baseline"][key]
+        assert base.dtype == dtype, (key, base.dtype)
+        assert_close_scaled(runs[isa][key], base, cpu_build_rtol(dtype, base.shape[1], condition), f"{isa}: {key}")

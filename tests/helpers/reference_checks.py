@@ -285,27 +285,14 @@ def check_bpmll(loss, grad, y_seen, c_seen, g_seen, dtype, *, pairwise=False, cr
       else it is formed in the accumulation type.
     factor_flush: the fused core's documented flush of gradient elements
       (factor_underflow) is accepted; the rest is checked."""
-    labels = c_seen.shape[1]
     if pairwise:
         rule, want_loss, want_grad = bpmll_expected(y_seen, c_seen, cross_check)
     else:
         rule = npref.bpmll_rule(y_seen, c_seen)
         want_loss, want_grad = rule.loss, rule.grad
-    # Accumulation error grows with the size of the exponents that meet in
-    # the sums and with the row length; then one rounding to the output.
-    # (A row of no labels has no pairs: its loss is exactly 0, its bound
-    # unused.)
-    finite_c = np.where(np.isfinite(c_seen), np.abs(c_seen), 0)
-    exponent = np.maximum(finite_c.max(axis=1, initial=0), 1)
-    rtol = 64 * ACC_EPS[dtype] * exponent * np.sqrt(max(labels, 1)) + 2 * OUT_EPS[dtype]
+    loss_tol, grad_tol = bpmll_tolerances(y_seen, c_seen, g_seen, dtype, want_loss, want_grad, rule.grad_scale,
+                                          cached_grad)
     with np.errstate(invalid="ignore", over="ignore"):
-        loss_tol = rtol * np.abs(want_loss) + 4 * TINY[dtype]
-        # Each gradient entry is the difference of two sides, each known to
-        # rtol; its error is measured against their sum (wide for a soft
-        # label whose two sides are huge and nearly cancel: such an entry is
-        # ill-conditioned on every path).
-        scale = np.minimum(rule.grad_scale, np.finfo(np.float64).max)
-        grad_tol = (rtol * g_seen)[:, None] * scale + 4 * TINY[dtype]
         want_grad = g_seen[:, None] * want_grad
     # The gradient of a row's loss is formed in the accumulation type (or
     # cached in the output type), then scaled by the upstream gradient g:
@@ -319,6 +306,143 @@ def check_bpmll(loss, grad, y_seen, c_seen, g_seen, dtype, *, pairwise=False, cr
         got_grad[known] = want_grad[known]
     assert_elements(loss, want_loss, loss_tol, rule.loss_exact_zero, dtype, "loss")
     assert_elements(got_grad, want_grad, grad_tol, rule.grad_exact_zero, dtype, "grad", grad_largest)
+
+
+def _side_sums(weights, exponents, acc_eps):
+    """One side of each row's factored sum, sum_j w_j e^{a_j} (P: w = y,
+    a = -c; N: w = 1 - y, a = c), from the exact inputs in float64:
+      size     the larger of |max_j a_j| (the shift the fused kernels take
+               out of the sum) and |max_j (log w_j + a_j)| (the shift of
+               the log-sum-exp forms); 0 for an empty side
+      log_sum  log of the sum shifted by the latter (>= 0: its largest
+               term is e^0)
+      count    n, its number of terms
+      weighted each term's own relative error (derived at
+               bpmll_tolerances) weighted by its share of the sum, and
+               capped at the whole term (a term that flushes loses itself,
+               no more)
+    over the terms of weight > 0 and finite exponent: a +inf exponent makes
+    the row's loss infinite and a -inf one a term of exactly 0, whose
+    elements the reference puts in a class of their own."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        on = (weights > 0) & np.isfinite(exponents)
+        log_w = np.where(on, np.log(np.where(on, weights, 1)), 0)
+        a = np.where(on, exponents, 0)
+        log_terms = np.where(on, log_w + a, -np.inf)
+        top = log_terms.max(axis=1, initial=-np.inf)
+        some = np.isfinite(top)
+        top = np.where(some, top, 0)
+        shares = np.exp(log_terms - top[:, None])  # the terms over the largest: in [0, 1], 0 off the side
+        total = np.where(some, shares.sum(axis=1), 1)
+        largest_exponent = np.where(some, np.where(on, exponents, -np.inf).max(axis=1, initial=-np.inf), 0)
+        size = np.maximum(np.abs(top), np.abs(largest_exponent))
+        term_error = acc_eps * (72 + 3 * np.abs(log_w) + 2 * np.abs(a) + size[:, None])
+        weighted = (shares * np.minimum(term_error, 1)).sum(axis=1) / total
+        return size, np.log(total), on.sum(axis=1), weighted
+
+
+def bpmll_tolerances(y, c, g, dtype, want_loss, want_grad, grad_scale, cached_grad=False):
+    """check_bpmll's error bounds: (loss_tol (rows,), grad_tol (rows,
+    labels)) for a path's loss and its gradient of sum(g * loss), given the
+    exact inputs y, c, g in float64, the reference's loss and gradient (of
+    the loss, before g) and grad_scale (npref.BpmllRule).
+
+    Derivation. Every path takes the same steps in the accumulation type
+    (rounding unit u: float32's for 16-bit inputs, else the input's): per
+    row and side, a sum of positive terms w_j e^{a_j - s} shifted by its
+    largest exponent s, P = e^{s_P} S_P and N = e^{s_N} S_N;
+    log E = s_P + s_N + log S_P + log S_N - log pairs and E = e^{log E}
+    (the kernels' product form for |s_P + s_N| < 60 rounds less); each
+    gradient side w_j e^{+-c_j} (other side) / pairs, formed as one
+    exponential of those parts or as E e^{(+-c_j - s) - log S}. To first
+    order in u:
+    - a term's exponent log w_j + a_j - s takes at most three roundings,
+      each relative to a partial result below |log w_j| + |a_j| + |s|: an
+      absolute error of u (3 |log w_j| + 2 |a_j| + |s|), which is the
+      term's relative error. Exponentials and logarithms add a few ulp
+      (the CPU kernels' polynomial exp is within 1.5 ulp): 8u; and the
+      kernels' one-loop form for hard labels, which sums around a chunk's
+      first logit when the chunk's logits lie within 60 of each other, up
+      to 64u more;
+    - S, a sum of n positive terms in any order (SIMD lanes, chunks,
+      trees): relative error at most (n - 1) u, plus the terms' own errors
+      weighted by their shares of S. A term far below the shift weighs
+      e^{a_j - s}, nothing, however large its |c_j|: the old bound,
+      64 u max|c| sqrt(L), grew with logits whose terms vanish (20% at
+      L = 4097 with one logit at 800 in float32);
+    - log S: absolute error S's relative error, plus u |log S|;
+    - pairs = (sum y)(sum 1 - y): exact for 0/1 labels, else two sums of n
+      terms: (2n + 1) u;
+    - log E: its parts meet in four additions, each rounding relative to
+      at most |s_P| + |s_N| + |log S_P| + |log S_N| + log pairs;
+    - E: relative error log E's absolute error, plus an ulp.
+    A gradient side has the same parts, and its own +-c_j and log w_j:
+    4u (|c_j| + |log y_j| + |log(1 - y_j)|) more, each side against its own
+    size, so that an entry is bounded against the sum of its two sides
+    (grad_scale). The sums' (n - 1) u hold as they stand; the rest of the
+    accumulation's bound is doubled for second-order terms. Then the output: one rounding of the loss; one of the gradient,
+    two where the fused ops cache it in the output type before scaling it
+    by g there (unless g is a power of two, a product that is exact). The
+    float64 reference (long double, or the seed's pairwise sum where it
+    applies: up to 300^2 terms of exponents spread up to 600) is within
+    2^-53 (8 + 2 L + 2 spread) of its value.
+    Float32 at L = 4097: about 5e-4 for 0/1 labels, 1e-3 for soft ones,
+    nearly all of it the (n - 1) u of the sums."""
+    u = ACC_EPS[dtype]
+    out = OUT_EPS[dtype]
+    labels = c.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        finite_c = np.where(np.isfinite(c), c, 0)
+        size_p, log_sum_p, count_p, weighted_p = _side_sums(y, -c, u)
+        size_n, log_sum_n, count_n, weighted_n = _side_sums(1 - y, c, u)
+        soft = np.any((y != 0) & (y != 1), axis=1)
+        pairs = np.maximum(y.sum(axis=1), 1) * np.maximum((1 - y).sum(axis=1), 1)
+        pairs_error = np.where(soft, (2 * labels + 1) * u, 0)
+        parts = size_p + size_n + log_sum_p + log_sum_n + np.abs(np.log(pairs))
+        # The sums' (n - 1) u are rigorous as they stand; the rest is doubled.
+        sums = u * (np.maximum(count_p - 1, 0) + np.maximum(count_n - 1, 0)) + pairs_error
+        row_rtol = sums + 2 * (weighted_p + weighted_n + u * (log_sum_p + log_sum_n) + 4 * u * parts + 8 * u)
+        spread = np.minimum(np.ptp(finite_c, axis=1) if labels else np.zeros(len(c)), 600)
+        reference = 2.0**-53 * (8 + 2 * labels + 2 * spread)
+        loss_acc = (row_rtol + reference) * np.abs(want_loss)
+        loss_tol = loss_acc + out * (np.abs(want_loss) + loss_acc) + 4 * TINY[dtype]
+        own = np.abs(finite_c) + np.abs(np.log(np.where(y > 0, y, 1))) + np.abs(np.log(np.where(y < 1, 1 - y, 1)))
+        entry_rtol = row_rtol[:, None] + 2 * 4 * u * own + reference[:, None]
+        scale = np.minimum(grad_scale, np.finfo(np.float64).max)
+        grad_acc = g[:, None] * scale * entry_rtol
+        exact_product = np.frexp(g)[0] == 0.5
+        roundings = np.where(cached_grad & ~exact_product, 2, 1)[:, None]
+        want = np.abs(g[:, None] * want_grad)
+        grad_tol = grad_acc + roundings * out * (1 + out) * (want + grad_acc) + 4 * TINY[dtype]
+    return loss_tol, grad_tol
+
+
+def cpu_build_rtol(dtype, steps, condition=1.0):
+    """How far the CPU builds (TFL_CPU_ISA baseline, avx2, avx512) may
+    differ from each other, relative to an output's scale, for rows of
+    `steps` elements in `dtype` (float32 accumulation for 16-bit types).
+
+    They run the same code (tests/test_bpmll.py and test_correlation.py
+    find them not bit-equal) and differ in two ways only: the order of the
+    chunk loops' sums (SIMD lanes: 4 floats or 2 doubles a vector in the
+    baseline build, 8/4 in AVX2, 16/8 in AVX-512) and FMA contraction (the
+    exp polynomial's and the moments' multiply-adds). A sum's rounding error
+    is a sum of up to `depth` roundings, depth = 2048 / lanes (a lane's
+    share of a 2048-element chunk) + 4 (the lanes' reduction) + chunks (the
+    merges), each at most u times the magnitude of the terms; as the
+    roundings are independent, it stays within a few sqrt(depth) u of the
+    sums' magnitude (Higham, Accuracy and Stability, 4.2; the worst case,
+    depth u, is far from reached): 4 sqrt(depth) u for each build, twice
+    that between two, times `condition`, the magnitude of the terms over
+    the output's scale (1 for BP-MLL's sums of positive terms). FMA
+    contraction and the exp's polynomial move each result by an ulp or two:
+    8u more. Then a 16-bit output may round to the neighbouring value: one
+    ulp of the output type."""
+    acc = "float64" if dtype == "float64" else "float32"
+    lanes = 2 if acc == "float64" else 4
+    depth = min(steps, 2048) / lanes + 4 + -(-steps // 2048)
+    rtol = (8 * np.sqrt(depth) * condition + 8) * ACC_EPS[dtype]
+    return rtol + (2 * OUT_EPS[dtype] if dtype in ("float16", "bfloat16") else 0)
 
 
 # (y, c, dtype): the cases of the rule, each through every path.
