@@ -87,18 +87,26 @@ SEQUENCE_LOSSES = {"correlation": tfl.correlation_loss, "ccc": tfl.ccc_loss}
 
 @pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
 @pytest.mark.parametrize(
-    "epsilon, shown",
+    "epsilon, message",
     [
-        (True, "True"),
-        ("0.1", "'0.1'"),
-        (np.float32(1e-3), r"np.float32\(0.001\)"),
-        (tf.constant(1e-3), "<tf.Tensor"),
-        (None, "None"),
+        (True, r"^epsilon must be a real scalar >= 0; got True$"),
+        ("0.1", r"^epsilon must be a real scalar >= 0; got str '0.1'$"),
+        (None, r"^epsilon must be a real scalar >= 0; got NoneType None$"),
+        (np.array([1e-3, 1e-3]), r"^epsilon must be a scalar, not an array; got shape \(2,\)$"),
+        (tf.constant([1e-3]), r"^epsilon must be a scalar, not an array; got shape \(1,\)$"),
     ],
 )
-def test_epsilon_must_be_a_python_float(kind, epsilon, shown):
-    with pytest.raises(ValueError, match=r"^epsilon must be a Python float >= 0; got " + shown):
+def test_epsilon_must_be_a_real_scalar(kind, epsilon, message):
+    with pytest.raises(ValueError, match=message):
         SEQUENCE_LOSSES[kind](ZEROS, ZEROS, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("kind", SEQUENCE_LOSSES)
+@pytest.mark.parametrize("epsilon", [np.float32(1e-3), np.float64(1e-3), tf.constant(1e-3), 1])
+def test_epsilon_takes_numpy_and_eager_scalars(kind, epsilon):
+    got = SEQUENCE_LOSSES[kind](ZEROS + [[0.0, 1.0, 2.0]], ZEROS + [[1.0, 0.0, 2.0]], epsilon=epsilon)
+    want = SEQUENCE_LOSSES[kind](ZEROS + [[0.0, 1.0, 2.0]], ZEROS + [[1.0, 0.0, 2.0]], epsilon=float(epsilon))
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 @pytest.mark.parametrize("kind", SEQUENCE_LOSSES)

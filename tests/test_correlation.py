@@ -20,7 +20,7 @@ KINDS = {
     "pearson": (tfl.correlation_loss, reference.correlation_loss, reference.correlation_loss_pure_tf),
     "ccc": (tfl.ccc_loss, reference.ccc_loss, reference.ccc_loss_pure_tf),
 }
-CHUNK = 2048  # kCpuChunk in cc/kernels/cpu_row_passes.h
+CHUNK = 2048  # kCpuChunk in cc/core/common/cpu_row_passes.h
 PIECE = 1 << 15  # kCpuPiece
 # (batch, steps): short rows, chunk and piece boundaries, rows done whole by
 # one task and long rows cut into pieces (few rows, or longer than 2^17).

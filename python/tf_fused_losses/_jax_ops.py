@@ -206,11 +206,11 @@ def _load():
         library = ctypes.CDLL(path)
     except OSError as e:
         raise RuntimeError(f"tf_fused_losses' JAX losses could not load {path}: {e}") from e
-    check_cpu_isa(library)
     library_version = _library_ffi_api_version(library, path)
     jaxlib_release = _jaxlib_version()
     jaxlib_version = jaxlib_ffi_api_version()
     check_ffi_api_version(library_version, jaxlib_version, jaxlib_release, path)
+    check_cpu_isa(library)
 
     platforms = [("cpu", "Host")]
     has_cuda_handlers = all(hasattr(library, symbol + "Cuda") for _, symbol in _TARGETS)
@@ -280,15 +280,13 @@ def platform_of(*arrays):
     first committed concrete array, else (tracers, numpy, uncommitted
     arrays) the default backend's, where jit places the computation."""
     for x in arrays:
-        devices = getattr(x, "devices", None)
-        if devices is None or not getattr(x, "committed", False):
-            continue
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            continue  # a tracer's attributes raise rather than tell
         try:
-            found = devices()
-        except Exception:  # a tracer, or an array whose buffers were deleted
+            if x.committed:
+                return next(iter(x.devices())).platform
+        except Exception:  # an array whose buffers were deleted
             continue
-        if found:
-            return next(iter(found)).platform
     return jax.default_backend()
 
 
