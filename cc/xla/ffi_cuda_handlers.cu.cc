@@ -7,12 +7,14 @@
 #include <type_traits>
 
 #include "bpmll_grad_kernels.cuh"
+#include "bpmll_ids_kernels.cuh"
 #include "bpmll_kernels.cuh"
 #include "correlation_kernels.cuh"
 #include "correlation_math.h"
 #include "device_types.cuh"
 #include "ffi_common.h"
 #include "ffi_handlers.h"
+#include "ffi_ids_common.h"
 #include "row_kernels.cuh"
 
 namespace tf_fused_losses {
@@ -126,6 +128,37 @@ ffi::Error CorrelationLossGradImpl(cudaStream_t stream, ffi::ScratchAllocator sc
   });
 }
 
+// Sorts each row's ids into scratch, then runs the row kernels behind it
+// on the same stream.
+ffi::Error BpmllIdsLossImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer label_ids,
+                            ffi::AnyBuffer y_pred, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
+  constexpr const char* kOp = "FusedBpmllIdsLoss";
+  RowShape shape;
+  int64_t width = 0;
+  if (ffi::Error e = BpmllIdsShape(kOp, label_ids, y_pred, &shape, &width); e.failure()) return e;
+  return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {
+    using T = decltype(logit);
+    return WithIdType(kOp, label_ids.element_type(), [&](auto id) {
+      using TId = decltype(id);
+      if (shape.rows == 0) return ffi::Error::Success();
+      const int64_t bytes = gpu::SortedIdsBytes<TId>(shape.rows, width);
+      void* memory = scratch.Allocate(static_cast<size_t>(bytes), 16).value_or(nullptr);
+      if (memory == nullptr) {
+        return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                          std::string(kOp) + ": could not allocate " + std::to_string(bytes) + " bytes of scratch");
+      }
+      const gpu::SortedIds<TId> sorted = gpu::SortedIdsIn<TId>(memory, shape.rows, width);
+      const cudaError_t status = gpu::LaunchSortRowIds(In<TId>(label_ids), shape.rows, width, shape.length, sorted, stream);
+      if (status != cudaSuccess) {
+        return ffi::Error(ffi::ErrorCode::kInternal, std::string(kOp) + ": launching its id sort failed: " +
+                                                         cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+      }
+      const auto op = gpu::MakeBpmllIdsRowOp(sorted, width, shape.length, In<T>(y_pred), Out<T>(loss), Out<T>(grad));
+      return LaunchRowOp(op, shape.rows, shape.length, stream, scratch, kOp);
+    });
+  });
+}
+
 }  // namespace
 }  // namespace ffi_frontend
 }  // namespace tf_fused_losses
@@ -143,3 +176,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossCuda, tfl_ffi::CorrelationLossIm
                               tfl_ffi::CorrelationLossSignature(CudaBinding()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TflCorrelationLossGradCuda, tfl_ffi::CorrelationLossGradImpl,
                               tfl_ffi::CorrelationLossGradSignature(CudaBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TflBpmllIdsLossCuda, tfl_ffi::BpmllIdsLossImpl,
+                              tfl_ffi::BpmllLossSignature(CudaBinding()));

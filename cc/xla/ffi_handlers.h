@@ -37,6 +37,7 @@ XLA_FFI_Error* TflBpmllLossCuda(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* TflBpmllLossGradCuda(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* TflCorrelationLossCuda(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* TflCorrelationLossGradCuda(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* TflBpmllIdsLossCuda(XLA_FFI_CallFrame* call_frame);
 }
 
 #endif  // TF_FUSED_LOSSES_CC_XLA_FFI_HANDLERS_H_

@@ -37,6 +37,7 @@ XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LO
 #if GOOGLE_CUDA
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS, "CUDA", TflBpmllLossCuda);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_LOSS_GRAD, "CUDA", TflBpmllLossGradCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_BPMLL_IDS_LOSS, "CUDA", TflBpmllIdsLossCuda);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS, "CUDA", TflCorrelationLossCuda);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), TFL_FFI_TARGET_CORRELATION_LOSS_GRAD, "CUDA",
                          TflCorrelationLossGradCuda);
@@ -195,12 +196,10 @@ const absl::string_view kXlaDevices[] = {
     tensorflow::DEVICE_GPU_XLA_JIT,
 #endif
 };
-// FusedBpmllIdsLoss has no CUDA handler yet: its lowering serves the CPU only.
-const absl::string_view kIdsXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT};
 
 REGISTER_XLA_OP(Name("FusedBpmllLoss").Device(kXlaDevices), BpmllLossLowering);
 REGISTER_XLA_OP(Name("FusedBpmllLossGrad").Device(kXlaDevices), BpmllLossGradLowering);
-REGISTER_XLA_OP(Name("FusedBpmllIdsLoss").Device(kIdsXlaDevices), BpmllIdsLossLowering);
+REGISTER_XLA_OP(Name("FusedBpmllIdsLoss").Device(kXlaDevices), BpmllIdsLossLowering);
 REGISTER_XLA_OP(Name("FusedCorrelationLoss").Device(kXlaDevices), CorrelationLossLowering);
 REGISTER_XLA_OP(Name("FusedCorrelationLossGrad").Device(kXlaDevices), CorrelationLossGradLowering);
 
@@ -241,9 +240,7 @@ const bool kLateRegistration = [] {
     if (!tensorflow::XlaOpRegistry::IsBackendRegistered(device)) continue;
     RegisterLate(device, "FusedBpmllLoss", &CreateLowering<BpmllLossLowering>);
     RegisterLate(device, "FusedBpmllLossGrad", &CreateLowering<BpmllLossGradLowering>);
-    if (device == tensorflow::DEVICE_CPU_XLA_JIT) {
-      RegisterLate(device, "FusedBpmllIdsLoss", &CreateLowering<BpmllIdsLossLowering>);
-    }
+    RegisterLate(device, "FusedBpmllIdsLoss", &CreateLowering<BpmllIdsLossLowering>);
     RegisterLate(device, "FusedCorrelationLoss", &CreateLowering<CorrelationLossLowering>);
     RegisterLate(device, "FusedCorrelationLossGrad", &CreateLowering<CorrelationLossGradLowering>);
   }

@@ -1,4 +1,4 @@
-"""The fused label-id BP-MLL loss on JAX arrays: the typed-FFI handler
+"""The fused label-id BP-MLL loss on JAX arrays: the typed-FFI handlers
 tfl_bpmll_ids_loss of libtfl_core.so (cc/xla/ffi_handlers.h) in a
 `jax.custom_vjp`, as `_jax_ops.bpmll_loss` calls tfl_bpmll_loss.
 
@@ -24,25 +24,29 @@ _registered = False
 
 def load():
     """Loads libtfl_core.so through `_jax_ops.load()` and registers the
-    label-id handler with jaxlib's XLA (cpu; there is no CUDA handler yet).
-    Once per process; raises RuntimeError as `_jax_ops.load()` does."""
+    label-id handler with jaxlib's XLA on the platforms that registered the
+    dense ones (cpu; CUDA where the library has CUDA handlers and jaxlib a
+    CUDA plugin). Once per process; raises RuntimeError as `_jax_ops.load()`
+    does."""
     global _registered
-    _jax_ops.load()
+    state = _jax_ops.load()
     if _registered:
         return
     with _lock:
         if _registered:
             return
-        path = _jax_ops.library_path()
+        path = state["library"]
         library = ctypes.CDLL(path)  # the handle _jax_ops.load() opened: dlopen counts references
-        try:
-            handler = library.TflBpmllIdsLossHost
-        except AttributeError:
-            raise RuntimeError(
-                f"{path} has no TflBpmllIdsLossHost symbol: it predates the label-id loss. Rebuild it, or point "
-                f"{_jax_ops.LIBRARY_ENV} at a current build."
-            ) from None
-        jax.ffi.register_ffi_target(TARGET_BPMLL_IDS_LOSS, jax.ffi.pycapsule(handler), platform="cpu")
+        for platform in state["platforms"]:
+            symbol = "TflBpmllIdsLoss" + {"cpu": "Host", "CUDA": "Cuda"}[platform]
+            try:
+                handler = getattr(library, symbol)
+            except AttributeError:
+                raise RuntimeError(
+                    f"{path} has no {symbol} symbol: it predates the label-id loss. Rebuild it, or point "
+                    f"{_jax_ops.LIBRARY_ENV} at a current build."
+                ) from None
+            jax.ffi.register_ffi_target(TARGET_BPMLL_IDS_LOSS, jax.ffi.pycapsule(handler), platform=platform)
         _registered = True
 
 

@@ -1,6 +1,8 @@
-// The CPU OpKernel of FusedBpmllIdsLoss: the core's ids driver on TF's
-// intra-op pool, as FusedBpmllLoss's kernel runs the dense one.
+// The OpKernels of FusedBpmllIdsLoss: on CPU the core's ids driver on TF's
+// intra-op pool, as FusedBpmllLoss's kernel runs the dense one; on GPU the
+// launcher of cc/tf/cuda/bpmll_ids_loss_kernel.cu.cc.
 #include "bpmll_ids_cpu.h"
+#include "bpmll_loss_functor.h"
 #include "cpu_half_types.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -9,6 +11,8 @@
 
 namespace tf_fused_losses {
 
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
@@ -16,9 +20,27 @@ using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 template <typename T, typename TId>
-class FusedBpmllIdsLossCpuOp : public OpKernel {
+struct BpmllIdsLossFunctor<CPUDevice, T, TId> {
+  void operator()(OpKernelContext* ctx, const BpmllIdsLossArgs<T, TId>& args) {
+    using Logit = typename ChunkTypeOf<T>::type;
+    const BpmllIdsLossArgs<Logit, TId> core{args.label_ids,
+                                            args.width,
+                                            reinterpret_cast<const Logit*>(args.y_pred),
+                                            args.rows,
+                                            args.labels,
+                                            reinterpret_cast<Logit*>(args.loss),
+                                            reinterpret_cast<Logit*>(args.grad)};
+    const BpmllBadLabelId bad = RunBpmllIdsLossCpu(core, TfParallelFor(ctx));
+    if (bad.row >= 0) {
+      ctx->SetStatus(tensorflow::errors::InvalidArgument("FusedBpmllIdsLoss: ", BpmllBadLabelIdMessage(bad, args.labels)));
+    }
+  }
+};
+
+template <typename Device, typename T, typename TId>
+class FusedBpmllIdsLossOp : public OpKernel {
  public:
-  explicit FusedBpmllIdsLossCpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit FusedBpmllIdsLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& label_ids = ctx->input(0);
@@ -39,32 +61,32 @@ class FusedBpmllIdsLossCpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows}), &loss));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_pred.shape(), &grad));
     if (rows == 0) return;
-    using Logit = typename ChunkTypeOf<T>::type;
-    const BpmllIdsLossArgs<Logit, TId> args{label_ids.flat<TId>().data(),
-                                            label_ids.dim_size(1),
-                                            reinterpret_cast<const Logit*>(y_pred.flat<T>().data()),
-                                            rows,
-                                            labels,
-                                            reinterpret_cast<Logit*>(loss->flat<T>().data()),
-                                            reinterpret_cast<Logit*>(grad->flat<T>().data())};
-    const BpmllBadLabelId bad = RunBpmllIdsLossCpu(args, TfParallelFor(ctx));
-    OP_REQUIRES(ctx, bad.row < 0,
-                tensorflow::errors::InvalidArgument("FusedBpmllIdsLoss: ", BpmllBadLabelIdMessage(bad, labels)));
+    const BpmllIdsLossArgs<T, TId> args{label_ids.flat<TId>().data(), label_ids.dim_size(1), y_pred.flat<T>().data(),
+                                        rows,                         labels,                loss->flat<T>().data(),
+                                        grad->flat<T>().data()};
+    BpmllIdsLossFunctor<Device, T, TId>()(ctx, args);
   }
 };
 
-#define TFL_REGISTER_BPMLL_IDS(T, TId)                                                                  \
-  REGISTER_KERNEL_BUILDER(                                                                              \
-      Name("FusedBpmllIdsLoss").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T").TypeConstraint<TId>("Tid"), \
-      FusedBpmllIdsLossCpuOp<T, TId>);
-#define TFL_REGISTER_BPMLL_IDS_T(T) \
-  TFL_REGISTER_BPMLL_IDS(T, tensorflow::int32) \
-  TFL_REGISTER_BPMLL_IDS(T, int64_t)
-TFL_REGISTER_BPMLL_IDS_T(Eigen::half)
-TFL_REGISTER_BPMLL_IDS_T(Eigen::bfloat16)
-TFL_REGISTER_BPMLL_IDS_T(float)
-TFL_REGISTER_BPMLL_IDS_T(double)
-#undef TFL_REGISTER_BPMLL_IDS_T
+#define TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, T, TId)                                            \
+  REGISTER_KERNEL_BUILDER(                                                                                 \
+      Name("FusedBpmllIdsLoss").Device(DEVICE_NAME).TypeConstraint<T>("T").TypeConstraint<TId>("Tid"),     \
+      FusedBpmllIdsLossOp<DEVICE_TYPE, T, TId>);
+#define TFL_REGISTER_BPMLL_IDS_TYPES(DEVICE_NAME, DEVICE_TYPE)                   \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, Eigen::half, int32_t)         \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, Eigen::half, int64_t)         \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, Eigen::bfloat16, int32_t)     \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, Eigen::bfloat16, int64_t)     \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, float, int32_t)               \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, float, int64_t)               \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, double, int32_t)              \
+  TFL_REGISTER_BPMLL_IDS(DEVICE_NAME, DEVICE_TYPE, double, int64_t)
+
+TFL_REGISTER_BPMLL_IDS_TYPES(tensorflow::DEVICE_CPU, CPUDevice)
+#if GOOGLE_CUDA
+TFL_REGISTER_BPMLL_IDS_TYPES(tensorflow::DEVICE_GPU, GPUDevice)
+#endif  // GOOGLE_CUDA
+#undef TFL_REGISTER_BPMLL_IDS_TYPES
 #undef TFL_REGISTER_BPMLL_IDS
 
 }  // namespace tf_fused_losses

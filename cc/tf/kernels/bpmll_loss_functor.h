@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "bpmll_cpu.h"
+#include "bpmll_ids_cpu.h"
 
 namespace tensorflow {
 class OpKernelContext;
@@ -18,6 +19,14 @@ template <typename Device, typename T, typename TLabel>
 struct BpmllLossFunctor {
   // Reports bad labels, and launch failures on GPU, through ctx.
   void operator()(tensorflow::OpKernelContext* ctx, const BpmllLossArgs<T, TLabel>& args);
+};
+
+// FusedBpmllIdsLoss's: CPU in bpmll_ids_loss_kernel.cc, GPU in
+// cc/tf/cuda/bpmll_ids_loss_kernel.cu.cc.
+template <typename Device, typename T, typename TId>
+struct BpmllIdsLossFunctor {
+  // Reports bad ids on CPU, and launch failures on GPU, through ctx.
+  void operator()(tensorflow::OpKernelContext* ctx, const BpmllIdsLossArgs<T, TId>& args);
 };
 
 }  // namespace tf_fused_losses
