@@ -5,6 +5,7 @@ bit, eagerly, in tf.function and under jit_compile; bad ids raise naming the
 element; the bits do not depend on the thread count."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tf_fused_losses as tfl
 from helpers import subprocess_env
@@ -140,6 +143,32 @@ def test_tf_function_and_jit_compile_give_the_eager_bits(rng, shape, dtype):
         got = tf.function(loss_and_grad, jit_compile=jit)(ids, c)
         for name, g, w in zip(("loss", "gradient"), got, want):
             assert_same_bits(g, w, f"{name} jit_compile={jit}")
+
+
+@settings(max_examples=int(os.environ.get("TFL_IDS_EXAMPLES", "25")), deadline=None, derandomize=True, database=None)
+@given(
+    batch=st.integers(0, 5),
+    labels=st.integers(1, 300),
+    width=st.integers(0, 8),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(FLOATS),
+    special=st.sampled_from([None, np.nan, np.inf, -np.inf, 800.0, -800.0]),
+)
+def test_drawn_cases_equal_the_dense_op_eagerly_and_under_jit_compile(batch, labels, width, seed, dtype, special):
+    rng = np.random.default_rng(seed)
+    ids, dense = random_ids(rng, batch, labels, width)
+    c = rng.normal(scale=rng.choice([0.5, 5.0, 40.0]), size=(batch, labels))
+    if special is not None:
+        c[rng.random(c.shape) < 0.05] = special
+    c = tf.cast(tf.constant(c), dtype)
+    assert_ids_equal_dense(tf.constant(ids), dense, c, "drawn")
+    with tf.GradientTape() as tape:
+        tape.watch(c)
+        want = tfl.bpmll_loss(tf.constant(dense), c)
+    want_grad = tape.gradient(want, c)
+    got, got_grad = tf.function(loss_and_grad, jit_compile=True)(tf.constant(ids), c)
+    assert_same_bits(got, want, "drawn loss under jit_compile")
+    assert_same_bits(got_grad, want_grad, "drawn gradient under jit_compile")
 
 
 def test_hlo_holds_the_ids_custom_call(rng):
