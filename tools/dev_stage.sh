@@ -12,5 +12,7 @@ cmake -S "$root" -B "$out/cmake" -DPython3_EXECUTABLE="$py" -DTFL_TF_PYTHONS="$p
 cmake --build "$out/cmake" --target tf_fused_losses -j "${TFL_JOBS:-2}"
 rm -rf "$out/pkg/tf_fused_losses"
 cp -r "$root/python/tf_fused_losses" "$out/pkg/"
+# The source tree's lib/ may be a developer's link to another build.
+rm -rf "$out/pkg/tf_fused_losses/lib"
 cp -r "$out/cmake/lib" "$out/pkg/tf_fused_losses/lib"
 echo "staged: PYTHONPATH=$out/pkg"
