@@ -175,6 +175,20 @@ def test_y_true_gradient_only_when_asked(concordance, rng, calls):
     np.testing.assert_allclose(y.grad.numpy(), ref.grad_y, rtol=1e-9, atol=1e-12)
 
 
+def test_backward_gets_no_zeros_for_the_residual_output(rng):
+    """cached_grad and row_stats are residuals: autograd must not fill a
+    (batch, labels) tensor of zeros as their gradient each step (it cost
+    more than the fused op at 256 x 1000)."""
+    y = torch.as_tensor(rng.random((64, 500)) < 0.3, dtype=torch.float32)
+    x = torch.as_tensor(rng.standard_normal((64, 500)), dtype=torch.float32).requires_grad_(True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.autograd.grad(to.bpmll_loss(y, x).mean(), (x,))
+        torch.autograd.grad(to.correlation_loss(y, x, concordance=True).mean(), (x,))
+    names = {event.name for event in prof.events()}
+    assert {"tfl::bpmll_loss_grad", "tfl::correlation_loss_grad"} <= names
+    assert not names & {"aten::zeros", "aten::zero_"}, sorted(names)
+
+
 # --------------------------------------------------------------------------
 # BP-MLL against the numpy reference
 # --------------------------------------------------------------------------

@@ -156,11 +156,23 @@ def _(grad_loss, cached_grad):
 
 def _bpmll_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
+    _no_residual_gradient(ctx, output[1])
+
+
+def _no_residual_gradient(ctx, residual):
+    """The second output (cached_grad, row_stats) is a residual for the
+    backward op, not a result anyone differentiates. Without this, autograd
+    would hand the backward a tensor of zeros of its shape each step
+    (materialized gradients): a (batch, labels) fill that cost more than the
+    fused op itself."""
+    ctx.mark_non_differentiable(residual)
+    ctx.set_materialize_grads(False)
 
 
 def _bpmll_backward(ctx, grad_loss, _grad_cached):
-    # Labels are constants: no gradient. cached_grad is a residual, not a
-    # result anyone differentiates.
+    # Labels are constants: no gradient.
+    if grad_loss is None:
+        return None, None
     (cached_grad,) = ctx.saved_tensors
     return None, torch.ops.tfl.bpmll_loss_grad(grad_loss, cached_grad)
 
@@ -230,9 +242,12 @@ def _correlation_setup_context(ctx, inputs, output):
     ctx.save_for_backward(y_true, y_pred, mask, output[1])
     ctx.epsilon = epsilon
     ctx.concordance = concordance
+    _no_residual_gradient(ctx, output[1])
 
 
 def _correlation_backward(ctx, grad_loss, _grad_row_stats):
+    if grad_loss is None:
+        return None, None, None, None, None
     y_true, y_pred, mask, row_stats = ctx.saved_tensors
     want_grad_y_true = ctx.needs_input_grad[0]
     grad_y_true, grad_y_pred = torch.ops.tfl.correlation_loss_grad(
