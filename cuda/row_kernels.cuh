@@ -451,6 +451,28 @@ cudaError_t LaunchRows(const Op& op, const RowLaunchPlan& plan, void* scratch, c
   return cudaGetLastError();
 }
 
+// The one launch path of every caller (the TF launchers of cc/tf/cuda, the
+// CUDA FFI handlers, the emulation harness): plans `op` over (rows,
+// row_length) and enqueues its kernels on `stream`, so that which shapes
+// launch is decided here alone. Rows of length 0 launch too: their per-row
+// outputs (BP-MLL's loss, 0) must still be written. allocate(bytes) is
+// called only when the plan needs scratch and returns that much device
+// memory, or nullptr when there is none to be had: then nothing is enqueued
+// and the result is cudaErrorMemoryAllocation (the caller reports its
+// allocator's error). The plan goes to *plan_out when that is not null.
+template <class Op, class Allocate>
+cudaError_t PlanAndLaunchRows(const Op& op, int64_t rows, int64_t row_length, const RowLaunchOptions& options,
+                              Allocate&& allocate, cudaStream_t stream, RowLaunchPlan* plan_out = nullptr) {
+  const RowLaunchPlan plan = PlanRowsFor<Op>(rows, row_length, options);
+  if (plan_out != nullptr) *plan_out = plan;
+  void* scratch = nullptr;
+  if (plan.scratch_bytes > 0) {
+    scratch = allocate(plan.scratch_bytes);
+    if (scratch == nullptr) return cudaErrorMemoryAllocation;
+  }
+  return LaunchRows(op, plan, scratch, stream);
+}
+
 }  // namespace gpu
 }  // namespace tf_fused_losses
 

@@ -35,6 +35,12 @@ from cuda_emu import reference64
 from cuda_emu.compare import assert_rows_close
 from tf_fused_losses import _loader
 
+_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
+
+from gpu_kit import cases as kit_cases  # noqa: E402
+
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 LABELS = FLOATS + ["int32", "int64", "uint8", "bool"]
 # max |emulated - CPU| / (scale of the row) per output dtype: float32 and
@@ -103,8 +109,15 @@ def misaligned(a):
 
 
 def empty(shape, dtype, aligned=True):
-    out = np.zeros(shape, dtype)
+    """An output buffer holding the kit's sentinel, so that an element the
+    kernel leaves unwritten shows (zeros would pass for a loss of 0, a
+    gradient of 0 or an empty row)."""
+    out = np.full(shape, kit_cases.SENTINEL, dtype)
     return out if aligned else misaligned(out)
+
+
+def empty_like(a):
+    return empty(a.shape, a.dtype)
 
 
 def f64(a):
@@ -261,7 +274,7 @@ def test_scale_rows_matches_cpu_op_bit_for_bit(emu, rng, dtype, shape, options, 
     x = rng.normal(size=shape).astype(np_dtype(dtype))
     scale = rng.normal(size=shape[0]).astype(np_dtype(dtype))
     expected = on_cpu(_loader.ops().fused_bpmll_loss_grad, grad_loss=scale, cached_grad=x)
-    out = x.copy() if in_place else np.empty_like(x)
+    out = x.copy() if in_place else empty_like(x)
     emu.scale_rows(raw(scale), raw(out if in_place else x), raw(out), dtype, **options)
     np.testing.assert_array_equal(raw(out), raw(expected))
     # One correctly rounded product: exact in float32 for 16-bit inputs.
@@ -319,7 +332,7 @@ def emu_correlation(emu, y, x, mask, concordance, epsilon=1e-7, aligned=True, **
 
 
 def emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, epsilon=1e-7, **options):
-    grad_y, grad_x = np.empty_like(y), np.empty_like(x)
+    grad_y, grad_x = empty_like(y), empty_like(x)
     info = emu.correlation_backward(raw(g), raw(y), raw(x), mask, row_stats, x.dtype.name, epsilon, concordance,
                                     raw(grad_y), raw(grad_x), **options)
     return grad_y, grad_x, info
@@ -457,7 +470,7 @@ def test_correlation_backward_may_write_grad_y_pred_over_grad_loss(emu, rng, sha
     _, row_stats, _ = emu_correlation(emu, y, x, mask, False)
     g = rng.normal(size=shape).astype(np.float32)
     expected_y, expected_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, False, **options)
-    shared, grad_y = g.copy(), np.empty_like(y)
+    shared, grad_y = g.copy(), empty_like(y)
     emu.correlation_backward(shared, y, x, mask, row_stats, "float32", 1e-7, False, grad_y, shared, **options)
     np.testing.assert_array_equal(shared, expected_x)
     np.testing.assert_array_equal(grad_y, expected_y)
@@ -472,7 +485,7 @@ def test_correlation_backward_without_grad_y_true(emu, rng, shape, options, conc
     _, row_stats, _ = emu_correlation(emu, y, x, mask, concordance)
     g = rng.normal(size=shape).astype(np.float32)
     _, expected_x, _ = emu_correlation_grad(emu, g, y, x, mask, row_stats, concordance, **options)
-    grad_x = np.empty_like(x)
+    grad_x = empty_like(x)
     emu.correlation_backward(g, y, x, mask, row_stats, "float32", 1e-7, concordance, None, grad_x, **options)
     np.testing.assert_array_equal(grad_x, expected_x)
 
@@ -604,12 +617,6 @@ def test_kernels_have_no_data_race_under_thread_sanitizer(emu):
 # cases, one harness. Each case runs twice (equal bits), checks the launch
 # shape the planner chose and compares every output with the float64
 # references, NaN and +-inf included (docs/semantics.md).
-
-_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
-
-from gpu_kit import cases as kit_cases  # noqa: E402
 
 KIT_CASES = kit_cases.all_cases()
 

@@ -3,7 +3,8 @@ the CPU emulation with a few cases (the script, its JSON and Markdown
 reports, its exit status, that it imports no TensorFlow), that a wrong
 result fails it, and that its GPU build's own sources (the harness module
 with device memory, a kernel part) compile with nvcc where nvcc exists.
-Every kit case runs on the emulation in tests/test_cuda_emulation.py.
+Every kit case runs on the emulation in tests/test_cuda_emulation.py; the
+kit's FFI check (the Host handlers through JAX) runs here where jax is.
 """
 
 import json
@@ -65,6 +66,36 @@ def test_a_wrong_result_fails_the_kit(tmp_path):
     assert not result["passed"] and not report["passed"]
     assert any("row-scaled error" in p for p in result["problems"]), result["problems"]
     assert "FAILED" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_ffi_cases_cover_every_shape_class_of_every_op():
+    from gpu_kit import cases as kit_cases
+
+    ffi = kit_cases.select(kit_cases.all_cases(), tag="ffi")
+    for op in kit_cases.OPS:
+        covered = {kit_cases.shape_class(c.shape) for c in ffi if c.op == op}
+        assert covered == set(kit_cases.SHAPE_CLASSES), (op, set(kit_cases.SHAPE_CLASSES) - covered)
+
+
+def test_ffi_handlers_through_jax(tmp_path):
+    # The kit's FFI check alone (--skip cases): the Host handlers built from
+    # cc/, registered with JAX and run through jax.jit on every FFI case,
+    # with output buffers XLA allocates (an unwritten per-row output holds
+    # whatever was there). CI runs it in the JAX env (tools/check_jax_env.sh).
+    pytest.importorskip("jax", reason="the FFI check runs where jax is importable (CI: tools/check_jax_env.sh)")
+    from gpu_kit import cases as kit_cases
+
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
+    proc = subprocess.run(["bash", SCRIPT, "--emulate", "--skip", "cases"], capture_output=True, text=True, env=env,
+                          timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(tmp_path / "gpu_check.json") as f:
+        report = json.load(f)
+    summary = report["ffi"]["cpu"]
+    assert summary["status"] == "ran" and summary["failed"] == 0 and not summary["tensorflow_imported"], summary
+    wanted = {c.name for c in kit_cases.select(kit_cases.all_cases(), tag="ffi") if c.inputs != "bad_labels"}
+    ran = {c["name"] for c in report["cases"] if c["backend"] == "xla_ffi_cpu"}
+    assert wanted <= ran, sorted(wanted - ran)
 
 
 @pytest.mark.slow

@@ -9,12 +9,16 @@
 #                                  CUDA handlers in `make test` already)
 set -euo pipefail
 source "$(dirname "$0")/check_env_lib.sh" tfl-jax-env
-tests=(tests/test_jax_ops.py tests/test_keras_ops_path.py tests/test_backends.py)
+# test_core_ffi_checks: the Host handlers through direct jax.ffi calls;
+# test_gpu_kit's FFI check: every kit FFI case through jax.jit (builds the
+# handlers from cc/ with g++, hence the sources and pybind11 below).
+tests=(tests/test_jax_ops.py tests/test_keras_ops_path.py tests/test_backends.py tests/test_dispatch.py
+       tests/test_core_ffi_checks.py tests/test_gpu_kit.py::test_ffi_handlers_through_jax)
 
 venv=$work/venv
-log "fresh venv: jax[cpu], keras, numpy (no TensorFlow)"
+log "fresh venv: jax[cpu], keras, numpy, pybind11 (no TensorFlow)"
 fresh_venv "$venv"
-pip_in "$venv" install -q "jax[cpu]" keras numpy pytest hypothesis scipy
+pip_in "$venv" install -q "jax[cpu]" keras numpy pytest hypothesis scipy pybind11
 log "pip install $root (isolated build, TFL_CUDA=${TFL_CUDA:-off})"
 TFL_CUDA=${TFL_CUDA:-off} TFL_BUILD_DIR=$work/cmake pip_in "$venv" install -q "$root"
 if "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)"; then
@@ -23,7 +27,7 @@ if "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec(
 fi
 "$venv/bin/pip" list 2>/dev/null | grep -iE "^(jax|jaxlib|keras|tf-fused-losses) "
 
-copy_tests tests
+copy_tests tests tools cc cuda
 log "tests on KERAS_BACKEND=jax: ${tests[*]}"
 (cd "$work/tree" && KERAS_BACKEND=jax "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}")
 

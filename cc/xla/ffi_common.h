@@ -4,10 +4,12 @@
 #ifndef TF_FUSED_LOSSES_CC_XLA_FFI_COMMON_H_
 #define TF_FUSED_LOSSES_CC_XLA_FFI_COMMON_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "correlation_math.h"
 #include "cpu_half_types.h"
@@ -29,6 +31,33 @@ inline std::string ShapeString(const ffi::AnyBuffer& b) {
 
 inline ffi::Error InvalidArgument(const std::string& message) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, message);
+}
+
+inline const char* DtypeName(ffi::DataType type) {
+  static constexpr std::pair<ffi::DataType, const char*> kNames[] = {
+      {ffi::DataType::F16, "float16"}, {ffi::DataType::BF16, "bfloat16"}, {ffi::DataType::F32, "float32"},
+      {ffi::DataType::F64, "float64"}, {ffi::DataType::S32, "int32"},     {ffi::DataType::S64, "int64"},
+      {ffi::DataType::U8, "uint8"},    {ffi::DataType::PRED, "bool"}};
+  for (const auto& [known, name] : kNames) {
+    if (known == type) return name;
+  }
+  return "another dtype";
+}
+
+// An error unless `b` is `type` of shape `dims`, "what" saying where those
+// come from. A handler calls this for every buffer whose extents it takes
+// from another: a caller of jax.ffi.ffi_call declares them all, and a
+// mismatch would otherwise be read or written out of bounds.
+inline ffi::Error ExpectBuffer(const char* op, const char* name, const ffi::AnyBuffer& b,
+                               const std::vector<int64_t>& dims, ffi::DataType type, const char* what) {
+  const auto got = b.dimensions();
+  if (std::equal(got.begin(), got.end(), dims.begin(), dims.end()) && b.element_type() == type) {
+    return ffi::Error::Success();
+  }
+  std::string expected;
+  for (int64_t d : dims) expected += (expected.empty() ? "" : ",") + std::to_string(d);
+  return InvalidArgument(std::string(op) + ": " + name + " must be " + DtypeName(type) + " of shape [" + expected +
+                         "] (" + what + "), got " + DtypeName(b.element_type()) + " of shape " + ShapeString(b));
 }
 
 // Calls f(T{}) with T the storage type of a logit buffer.
@@ -127,20 +156,23 @@ inline ffi::Error BpmllGradShape(const char* op, const ffi::AnyBuffer& grad_loss
   }
   s->rows = dims[0];
   s->length = dims[1];
-  return ffi::Error::Success();
+  return ExpectBuffer(op, "grad_loss", grad_loss, {s->rows}, cached_grad.element_type(),
+                      "the forward loss's shape (batch,) and cached_grad's dtype");
 }
 
-// The backward op's inputs: as the forward's, and row_stats (batch, 5).
-inline ffi::Error CorrelationGradShape(const char* op, const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
-                                       const ffi::AnyBuffer& mask, const ffi::AnyBuffer& row_stats, RowShape* s,
-                                       bool* has_mask) {
+// The backward op's inputs: as the forward's, grad_loss (batch, steps) of
+// y_pred's dtype (the forward loss) and row_stats (batch, 5) float64.
+inline ffi::Error CorrelationGradShape(const char* op, const ffi::AnyBuffer& grad_loss, const ffi::AnyBuffer& y_true,
+                                       const ffi::AnyBuffer& y_pred, const ffi::AnyBuffer& mask,
+                                       const ffi::AnyBuffer& row_stats, RowShape* s, bool* has_mask) {
   if (ffi::Error e = CorrelationShape(op, y_true, y_pred, mask, s, has_mask); e.failure()) return e;
-  const auto stats = row_stats.dimensions();
-  if (stats.size() != 2 || stats[0] != s->rows || stats[1] != kCorrelationRowStats) {
-    return InvalidArgument(std::string(op) + ": row_stats must have shape (batch, 5), got shape " +
-                           ShapeString(row_stats));
+  if (ffi::Error e = ExpectBuffer(op, "grad_loss", grad_loss, {s->rows, s->length}, y_pred.element_type(),
+                                  "the forward loss's shape (batch, steps) and y_pred's dtype");
+      e.failure()) {
+    return e;
   }
-  return ffi::Error::Success();
+  return ExpectBuffer(op, "row_stats", row_stats, {s->rows, kCorrelationRowStats}, ffi::DataType::F64,
+                      "the forward's row_stats: (batch, 5)");
 }
 
 // The operands, results and attributes of each custom call (ffi_handlers.h),

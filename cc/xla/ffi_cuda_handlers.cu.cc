@@ -42,22 +42,23 @@ int Multiprocessors() {
 template <class Op>
 ffi::Error LaunchRowOp(const Op& op, int64_t rows, int64_t row_length, cudaStream_t stream,
                        ffi::ScratchAllocator& scratch, const char* op_name) {
-  if (rows == 0 || row_length == 0) return ffi::Error::Success();
   gpu::RowLaunchOptions options;
   options.multiprocessors = Multiprocessors();
-  const gpu::RowLaunchPlan plan = gpu::PlanRowsFor<Op>(rows, row_length, options);
-  void* scratch_data = nullptr;
-  if (plan.scratch_bytes > 0) {
-    std::optional<void*> memory = scratch.Allocate(static_cast<size_t>(plan.scratch_bytes), 16);
-    if (!memory.has_value()) {
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        std::string(op_name) + ": could not allocate " + std::to_string(plan.scratch_bytes) +
-                            " bytes of scratch");
-    }
-    scratch_data = *memory;
-  }
-  const cudaError_t status = gpu::LaunchRows(op, plan, scratch_data, stream);
+  gpu::RowLaunchPlan plan{};
+  bool no_scratch = false;
+  const cudaError_t status = gpu::PlanAndLaunchRows(
+      op, rows, row_length, options,
+      [&](int64_t bytes) -> void* {
+        void* memory = scratch.Allocate(static_cast<size_t>(bytes), 16).value_or(nullptr);
+        no_scratch = memory == nullptr;
+        return memory;
+      },
+      stream, &plan);
   if (status == cudaSuccess) return ffi::Error::Success();
+  if (no_scratch) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(op_name) + ": could not allocate " +
+                                                              std::to_string(plan.scratch_bytes) + " bytes of scratch");
+  }
   return ffi::Error(ffi::ErrorCode::kInternal,
                     std::string(op_name) + ": launching its CUDA kernels failed: " + cudaGetErrorName(status) + " (" +
                         cudaGetErrorString(status) + ")");
@@ -114,7 +115,8 @@ ffi::Error CorrelationLossGradImpl(cudaStream_t stream, ffi::ScratchAllocator sc
   constexpr const char* kOp = "FusedCorrelationLossGrad";
   RowShape shape;
   bool has_mask = false;
-  if (ffi::Error e = CorrelationGradShape(kOp, y_true, y_pred, mask, row_stats, &shape, &has_mask); e.failure()) {
+  if (ffi::Error e = CorrelationGradShape(kOp, grad_loss, y_true, y_pred, mask, row_stats, &shape, &has_mask);
+      e.failure()) {
     return e;
   }
   return WithLogitType(kOp, "y_pred", y_pred.element_type(), [&](auto logit) {

@@ -10,6 +10,7 @@
 #include "bpmll_ids_cpu.h"
 #include "correlation_cpu.h"
 #include "correlation_math.h"
+#include "cpu_isa.h"
 #include "ffi_common.h"
 #include "ffi_handlers.h"
 #include "ffi_ids_common.h"
@@ -68,9 +69,17 @@ class FfiParallelFor final : public ParallelFor {
   ffi::ThreadPool* pool_;
 };
 
+// The CPU kernels do not run while TFL_CPU_ISA is set wrong (cpu_isa.h): a
+// direct jax.ffi user hears of it too, not only those of the Python loaders.
+ffi::Error CheckCpuIsa() {
+  const char* error = tfl_cpu_isa_error();
+  return error == nullptr ? ffi::Error::Success() : InvalidArgument(error);
+}
+
 ffi::Error BpmllLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
                          ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
   constexpr const char* kOp = "FusedBpmllLoss";
+  if (ffi::Error e = CheckCpuIsa(); e.failure()) return e;
   RowShape shape;
   if (ffi::Error e = BpmllShape(kOp, y_true, y_pred, &shape); e.failure()) return e;
   FfiParallelFor parallel(&pool);
@@ -94,6 +103,7 @@ ffi::Error BpmllLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBu
 ffi::Error BpmllLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_loss, ffi::AnyBuffer cached_grad,
                              ffi::Result<ffi::AnyBuffer> out) {
   constexpr const char* kOp = "FusedBpmllLossGrad";
+  if (ffi::Error e = CheckCpuIsa(); e.failure()) return e;
   RowShape shape;
   if (ffi::Error e = BpmllGradShape(kOp, grad_loss, cached_grad, &shape); e.failure()) return e;
   FfiParallelFor parallel(&pool);
@@ -110,6 +120,7 @@ ffi::Error CorrelationLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi:
                                ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> row_stats,
                                bool concordance, float epsilon) {
   constexpr const char* kOp = "FusedCorrelationLoss";
+  if (ffi::Error e = CheckCpuIsa(); e.failure()) return e;
   RowShape shape;
   bool has_mask = false;
   if (ffi::Error e = CorrelationShape(kOp, y_true, y_pred, mask, &shape, &has_mask); e.failure()) return e;
@@ -135,9 +146,11 @@ ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_los
                                    ffi::Result<ffi::AnyBuffer> grad_y_true, ffi::Result<ffi::AnyBuffer> grad_y_pred,
                                    bool concordance, float epsilon, bool compute_grad_y_true) {
   constexpr const char* kOp = "FusedCorrelationLossGrad";
+  if (ffi::Error e = CheckCpuIsa(); e.failure()) return e;
   RowShape shape;
   bool has_mask = false;
-  if (ffi::Error e = CorrelationGradShape(kOp, y_true, y_pred, mask, row_stats, &shape, &has_mask); e.failure()) {
+  if (ffi::Error e = CorrelationGradShape(kOp, grad_loss, y_true, y_pred, mask, row_stats, &shape, &has_mask);
+      e.failure()) {
     return e;
   }
   FfiParallelFor parallel(&pool);
@@ -163,6 +176,7 @@ ffi::Error CorrelationLossGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_los
 ffi::Error BpmllIdsLossImpl(ffi::ThreadPool pool, ffi::AnyBuffer label_ids, ffi::AnyBuffer y_pred,
                             ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad) {
   constexpr const char* kOp = "FusedBpmllIdsLoss";
+  if (ffi::Error e = CheckCpuIsa(); e.failure()) return e;
   RowShape shape;
   int64_t width = 0;
   if (ffi::Error e = BpmllIdsShape(kOp, label_ids, y_pred, &shape, &width); e.failure()) return e;

@@ -69,7 +69,12 @@ constexpr int warpSize = 32;
 
 struct tfl_emu_stream;
 using cudaStream_t = tfl_emu_stream*;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9
+};
 
 namespace tfl_emu {
 
@@ -228,6 +233,8 @@ inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess:
       return "no error";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument";
     default:

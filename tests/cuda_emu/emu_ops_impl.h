@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -117,9 +118,15 @@ struct Scratch {
 template <class Op>
 LaunchInfo RunRows(const Op& op, int64_t rows, int64_t row_length, const Options& options) {
   using namespace tf_fused_losses::gpu;
-  const RowLaunchPlan plan = PlanRowsFor<Op>(rows, row_length, RowOptions(options));
-  Scratch scratch(plan.scratch_bytes);
-  const cudaError_t err = LaunchRows(op, plan, scratch.data, nullptr);
+  RowLaunchPlan plan{};
+  std::unique_ptr<Scratch> scratch;
+  const cudaError_t err = PlanAndLaunchRows(
+      op, rows, row_length, RowOptions(options),
+      [&](int64_t bytes) {
+        scratch = std::make_unique<Scratch>(bytes);
+        return scratch->data;
+      },
+      nullptr, &plan);
   if (err != cudaSuccess) throw std::runtime_error(std::string("launch failed: ") + cudaGetErrorString(err));
   return InfoOf(plan);
 }

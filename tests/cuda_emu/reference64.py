@@ -1,6 +1,6 @@
 """Float64 numpy references for the CUDA emulation tests.
 
-Written from the definitions (cc/kernels/bpmll_math.h and correlation_math.h
+Written from the definitions (cc/core/bpmll/bpmll_math.h and cc/core/correlation/correlation_math.h
 state them), not from the kernels' code: no log-domain shifts, no parallel
 merges, no per-row coefficient tables. The emulated kernels and the CPU ops
 compile the same math headers, so comparing them with each other cannot see

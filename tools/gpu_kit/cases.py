@@ -99,6 +99,35 @@ def launch_shapes(v):
     ]
 
 
+# The launch shapes of launch_shapes() that the FFI handlers see as they
+# are: forced pieces and capped grids are the harness's launch options, which
+# the handlers, planning for the real device, do not take.
+FFI_LAUNCH_TAGS = ("warp", "warp_vector+1", "warp_sweep+1_9rows", "block_1025", "block_sweep+1", "pieces_planned")
+
+# The classes of (rows, row length) that every op's FFI cases must cover:
+# each is a branch somewhere between the frontends and the kernels (an
+# early return, a write of per-row outputs, a vector tail, a launch shape, a
+# piece path).
+SHAPE_CLASSES = ("batch 0", "length 0", "length 1", "odd length", "warp rows", "block boundary", "block rows",
+                 "long rows")
+
+
+def shape_class(shape):
+    """The class of SHAPE_CLASSES a (rows, length) shape falls in."""
+    rows, length = shape
+    if rows == 0:
+        return "batch 0"
+    if length <= 1:
+        return f"length {length}"
+    if length == 1025:
+        return "block boundary"
+    if length > 16384:
+        return "long rows"  # pieces on a GPU with few rows; the CPU's piece path past 8192
+    if length > 1025:
+        return "block rows"
+    return "odd length" if length % 2 else "warp rows"
+
+
 GRID_STRIDE = [
     ("grid1_warp", (20, 40), {"max_grid": 1}, WARP),
     ("grid2_block", (3, 1500), {"max_grid": 2}, BLOCK),
@@ -133,7 +162,7 @@ def all_cases():
     for dtype in nx.FLOATS:
         for tag, shape, options, launch in launch_shapes(vector_width(op, dtype, dtype)):
             tags = {"sanitize"} if dtype == "float32" and tag in ("warp", "block_1025", "pieces_forced") else set()
-            if tag == "warp":
+            if tag == "warp" or (dtype == "float32" and tag in FFI_LAUNCH_TAGS):
                 tags.add("ffi")
             add(_case(op, dtype, tag, shape, options, launch, label_dtype=dtype, inputs=next(kinds), tags=tags))
     for label in nx.LABELS:
@@ -155,7 +184,7 @@ def all_cases():
                   tags={"sanitize"} if dtype == "float16" else ()))
     add(_case(op, "float32", "batch0", (0, 50), {}, WARP, label_dtype="float32", tags={"ffi", "sanitize"}))
     add(_case(op, "float32", "labels1", (4, 1), {}, WARP, label_dtype="float32", tags={"ffi"}))
-    add(_case(op, "float32", "labels0", (3, 0), {}, WARP, label_dtype="float32"))
+    add(_case(op, "float32", "labels0", (3, 0), {}, WARP, label_dtype="float32", tags={"ffi"}))
     for dtype, tag, shape, options, launch in (("float32", "warp", (6, 150), {}, WARP),
                                                ("float64", "pieces_forced", (6, 150), {"piece_length": 64}, PIECES),
                                                ("float16", "block", (6, 1100), {}, BLOCK)):
@@ -191,7 +220,7 @@ def all_cases():
                                             ("warp_vector+1", (3, v + 1), {}, WARP),
                                             ("block", (2, 2000), {}, BLOCK),
                                             ("pieces_forced", (1, 1000), {"piece_length": 256}, PIECES)):
-            tags = {"ffi"} if tag == "warp" else set()
+            tags = {"ffi"} if tag == "warp" or dtype == "float32" else set()
             if dtype == "float32" and tag != "warp_vector+1":
                 tags.add("sanitize")
             add(_case(op, dtype, tag, shape, options, launch, tags=tags))
@@ -203,6 +232,9 @@ def all_cases():
         add(_case(op, dtype, "pieces_forced", (2, 500), {"piece_length": 128}, PIECES, align="offset"))
     add(_case(op, "float32", "batch0", (0, 7), {}, WARP, tags={"ffi"}))
     add(_case(op, "float64", "labels1", (5, 1), {}, WARP, tags={"ffi"}))
+    add(_case(op, "float32", "labels0", (4, 0), {}, WARP, tags={"ffi"}))
+    add(_case(op, "float32", "block_1025", (2, 1025), {}, BLOCK, tags={"ffi"}))
+    add(_case(op, "float32", "pieces_planned", (1, 40000), {"multiprocessors": 1}, PIECES, tags={"ffi"}))
     add(_case(op, "float32", "grid1_warp", (20, 40), {"max_grid": 1}, WARP))
 
     # ------------------------------------------------- Pearson and CCC
@@ -215,7 +247,7 @@ def all_cases():
                     tags = set()
                     if mask and tag in ("warp", "block_1025", "pieces_forced"):
                         tags.add("sanitize")
-                    if tag == "warp":
+                    if tag == "warp" or (not mask and tag in FFI_LAUNCH_TAGS):
                         tags.add("ffi")
                     add(_case(op, "float32", tag, shape, options, launch, mask=mask, tags=tags))
             for dtype in ("float16", "bfloat16", "float64"):
@@ -235,6 +267,7 @@ def all_cases():
                       align="mask_offset", tags={"sanitize"} if grad else ()))
             add(_case(op, "float32", "batch0", (0, 9), {}, WARP, mask=True, tags={"ffi"}))
             add(_case(op, "float32", "steps1", (3, 1), {}, WARP, tags={"ffi"}))
+            add(_case(op, "float32", "steps0", (3, 0), {}, WARP, mask=True, tags={"ffi"}))
             add(_case(op, "float32", "pieces_planned_3rows", (3, 50000), {"multiprocessors": 1}, PIECES, mask=True,
                       tags={"ffi"}))
             if grad:

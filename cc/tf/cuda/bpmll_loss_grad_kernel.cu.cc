@@ -1,6 +1,6 @@
 // BpmllLossGradFunctor for the GPU; the kernel is in bpmll_grad_kernels.cuh
 // and row_kernels.cuh, the op and its registration in
-// cc/kernels/bpmll_loss_grad_kernel.cc.
+// cc/tf/kernels/bpmll_loss_grad_kernel.cc.
 #include <type_traits>
 
 #include "bpmll_grad_kernels.cuh"

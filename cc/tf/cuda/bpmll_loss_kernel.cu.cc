@@ -1,6 +1,6 @@
 // BpmllLossFunctor for the GPU; the kernels are in bpmll_kernels.cuh and
 // row_kernels.cuh, the op and its registration in
-// cc/kernels/bpmll_loss_kernel.cc.
+// cc/tf/kernels/bpmll_loss_kernel.cc.
 #include <cstdint>
 #include <type_traits>
 

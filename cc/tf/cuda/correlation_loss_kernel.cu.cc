@@ -1,6 +1,6 @@
 // CorrelationLossFunctor for the GPU; the kernels are in
 // correlation_kernels.cuh and row_kernels.cuh, the op and its registration
-// in cc/kernels/correlation_loss_kernel.cc.
+// in cc/tf/kernels/correlation_loss_kernel.cc.
 #include <type_traits>
 
 #include "correlation_kernels.cuh"

@@ -4,6 +4,8 @@
 #ifndef TF_FUSED_LOSSES_CUDA_GPU_LAUNCH_H_
 #define TF_FUSED_LOSSES_CUDA_GPU_LAUNCH_H_
 
+#include <memory>
+
 #include "gpu_support.h"
 #include "row_kernels.cuh"
 
@@ -15,10 +17,16 @@ void LaunchRowOp(tensorflow::OpKernelContext* ctx, const Op& op, int64_t rows, i
   const GpuLaunchContext launch = GetGpuLaunchContext(ctx);
   gpu::RowLaunchOptions options;
   options.multiprocessors = launch.multiprocessors;
-  const gpu::RowLaunchPlan plan = gpu::PlanRowsFor<Op>(rows, row_length, options);
-  GpuScratch scratch(ctx, plan.scratch_bytes);
-  if (!scratch.ok()) return;
-  ReportGpuLaunch(ctx, gpu::LaunchRows(op, plan, scratch.data(), launch.stream), op_name);
+  std::unique_ptr<GpuScratch> scratch;  // held until the kernels are enqueued
+  const cudaError_t status = gpu::PlanAndLaunchRows(
+      op, rows, row_length, options,
+      [&](int64_t bytes) -> void* {
+        scratch = std::make_unique<GpuScratch>(ctx, bytes);
+        return scratch->ok() ? scratch->data() : nullptr;
+      },
+      launch.stream);
+  if (scratch != nullptr && !scratch->ok()) return;  // ctx holds the allocator's error
+  ReportGpuLaunch(ctx, status, op_name);
 }
 
 }  // namespace tf_fused_losses

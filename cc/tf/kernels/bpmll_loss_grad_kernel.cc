@@ -6,6 +6,7 @@
 #include "bpmll_loss_grad_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tf_cpu_isa.h"
 #include "tf_parallel_for.h"
 
 namespace tf_fused_losses {
@@ -28,7 +29,7 @@ struct BpmllLossGradFunctor<CPUDevice, T> {
 template <typename Device, typename T>
 class FusedBpmllLossGradOp : public OpKernel {
  public:
-  explicit FusedBpmllLossGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit FusedBpmllLossGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { RequireUsableCpuIsa<Device>(ctx); }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& grad_loss = ctx->input(0);

@@ -4,6 +4,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tf_cpu_isa.h"
 #include "tf_parallel_for.h"
 
 namespace tf_fused_losses {
@@ -35,7 +36,7 @@ struct BpmllLossFunctor<CPUDevice, T, TLabel> {
 template <typename Device, typename T, typename TLabel>
 class FusedBpmllLossOp : public OpKernel {
  public:
-  explicit FusedBpmllLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit FusedBpmllLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) { RequireUsableCpuIsa<Device>(ctx); }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& y_true = ctx->input(0);

@@ -4,6 +4,7 @@
 #include "correlation_loss_functor.h"
 #include "correlation_math.h"
 #include "cpu_half_types.h"
+#include "tf_cpu_isa.h"
 #include "tf_parallel_for.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -21,6 +22,7 @@ template <typename Device, typename T>
 class FusedCorrelationLossOp : public tensorflow::OpKernel {
  public:
   explicit FusedCorrelationLossOp(tensorflow::OpKernelConstruction* ctx) : tensorflow::OpKernel(ctx) {
+    RequireUsableCpuIsa<Device>(ctx);
     ReadCorrelationAttrs(ctx, kOp, &attrs_);
   }
 
