@@ -63,7 +63,8 @@ if loss is None:
 else:
     jitted = tf.function(loss, jit_compile=True)(tf.constant(y), tf.constant(c)).numpy()
     eager = loss(tf.constant(y), tf.constant(c)).numpy()
-    print(json.dumps({"max_diff": float(np.max(np.abs(jitted - eager))), "finite": bool(np.isfinite(jitted).all())}))
+    rel = np.abs(jitted - eager) / np.maximum(np.abs(eager), 1.0)
+    print(json.dumps({"max_rel_diff": float(np.max(rel)), "finite": bool(np.isfinite(jitted).all())}))
 """
 
 
@@ -81,8 +82,10 @@ def test_the_first_call_of_a_process_may_be_inside_jit_compile(kind):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     report = last_json_line(done.stdout)
     assert report["finite"], report
-    if "max_diff" in report:
-        assert report["max_diff"] <= 1e-6, report
+    if "max_rel_diff" in report:
+        # Inside XLA the pure form runs where there are no lowerings: the
+        # same loss to float32 rounding, not the same bits.
+        assert report["max_rel_diff"] <= 1e-6, report
 
 
 def test_use_pure_tf_is_decided_from_the_build_before_any_load(unloaded, monkeypatch):
