@@ -16,6 +16,7 @@
 #include "ffi_handlers.h"
 #include "ffi_ids_common.h"
 #include "row_kernels.cuh"
+#include "row_launch_report.cuh"
 
 namespace tf_fused_losses {
 namespace ffi_frontend {
@@ -30,38 +31,20 @@ CudaType<T>* Out(ffi::Result<ffi::AnyBuffer>& b) {
   return static_cast<CudaType<T>*>(b->untyped_data());
 }
 
-int Multiprocessors() {
-  int device = 0, count = 1;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    return 1;
-  }
-  return count;
-}
-
 template <class Op>
 ffi::Error LaunchRowOp(const Op& op, int64_t rows, int64_t row_length, cudaStream_t stream,
                        ffi::ScratchAllocator& scratch, const char* op_name) {
-  gpu::RowLaunchOptions options;
-  options.multiprocessors = Multiprocessors();
-  gpu::RowLaunchPlan plan{};
-  bool no_scratch = false;
-  const cudaError_t status = gpu::PlanAndLaunchRows(
-      op, rows, row_length, options,
-      [&](int64_t bytes) -> void* {
-        void* memory = scratch.Allocate(static_cast<size_t>(bytes), 16).value_or(nullptr);
-        no_scratch = memory == nullptr;
-        return memory;
-      },
-      stream, &plan);
-  if (status == cudaSuccess) return ffi::Error::Success();
-  if (no_scratch) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(op_name) + ": could not allocate " +
-                                                              std::to_string(plan.scratch_bytes) + " bytes of scratch");
+  const gpu::LaunchReport report = gpu::LaunchOnCurrentDevice(
+      op_name, op, rows, row_length,
+      [&](int64_t bytes) { return scratch.Allocate(static_cast<size_t>(bytes), 16).value_or(nullptr); }, stream);
+  switch (report.problem) {
+    case gpu::LaunchProblem::kNone:
+      return ffi::Error::Success();
+    case gpu::LaunchProblem::kNoScratch:
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, report.message);
+    default:
+      return ffi::Error(ffi::ErrorCode::kInternal, report.message);
   }
-  return ffi::Error(ffi::ErrorCode::kInternal,
-                    std::string(op_name) + ": launching its CUDA kernels failed: " + cudaGetErrorName(status) + " (" +
-                        cudaGetErrorString(status) + ")");
 }
 
 ffi::Error BpmllLossImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,

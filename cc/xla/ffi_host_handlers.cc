@@ -1,9 +1,5 @@
 // The Host FFI handlers: thin bindings of cc/core's CPU row drivers.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <memory>
-#include <mutex>
 #include <sstream>
 
 #include "bpmll_cpu.h"
@@ -15,6 +11,7 @@
 #include "ffi_handlers.h"
 #include "ffi_ids_common.h"
 #include "parallel_for.h"
+#include "thread_pool_for.h"
 
 namespace tf_fused_losses {
 namespace ffi_frontend {
@@ -22,9 +19,8 @@ namespace {
 
 // ParallelFor on the FFI thread pool. Schedule() does not wait, and the pool
 // may have a single thread that is busy running this very call: shards are
-// therefore claimed from a counter by the calling thread and by the tasks
-// alike, the caller only waits for shards already being run, and a task that
-// starts after everything is claimed returns at once.
+// therefore claimed by the calling thread and the tasks alike
+// (RunClaimedShards, thread_pool_for.h).
 class FfiParallelFor final : public ParallelFor {
  public:
   explicit FfiParallelFor(ffi::ThreadPool* pool) : pool_(pool) {}
@@ -32,37 +28,10 @@ class FfiParallelFor final : public ParallelFor {
   int64_t NumThreads() const override { return std::max<int64_t>(1, pool_->num_threads()); }
 
   void Run(int64_t n, int64_t cycles_per_unit, const std::function<void(int64_t, int64_t)>& body) const override {
-    if (n <= 0) return;
-    // Shards of at least ~100k cycles, up to 4 per thread for balance.
-    constexpr int64_t kMinShardCycles = 100000;
     const int64_t threads = NumThreads();
-    const int64_t by_cost = std::max<int64_t>(1, n * std::max<int64_t>(cycles_per_unit, 1) / kMinShardCycles);
-    const int64_t shards = std::min({n, 4 * threads, by_cost});
-    if (shards <= 1 || threads <= 1) {
-      body(0, n);
-      return;
-    }
-    struct State {
-      std::atomic<int64_t> next{0};
-      std::atomic<int64_t> done{0};
-      std::mutex mu;
-      std::condition_variable all_done;
-    };
-    auto state = std::make_shared<State>();
-    const std::function<void(int64_t, int64_t)>* work = &body;
-    auto claim = [state, work, n, shards]() {
-      for (int64_t s = state->next.fetch_add(1); s < shards; s = state->next.fetch_add(1)) {
-        (*work)(s * n / shards, (s + 1) * n / shards);
-        if (state->done.fetch_add(1) + 1 == shards) {
-          std::lock_guard<std::mutex> lock(state->mu);
-          state->all_done.notify_all();
-        }
-      }
-    };
-    for (int64_t t = 1; t < std::min(threads, shards); ++t) pool_->Schedule([claim] { claim(); });
-    claim();
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->all_done.wait(lock, [&] { return state->done.load() == shards; });
+    const int64_t shards = ShardCount(n, cycles_per_unit, threads);
+    RunClaimedShards(n, shards, std::min(threads, shards) - 1,
+                     [this](std::function<void()> task) { pool_->Schedule(std::move(task)); }, body);
   }
 
  private:

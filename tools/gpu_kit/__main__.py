@@ -326,6 +326,9 @@ def main_run(a):
                            "detail": summary.get("detail")}
             log(f"FFI {platform_name} through jax.jit: {summary}")
 
+    from .torch_check import phase as torch_phase  # the torch.library ops on CUDA, where torch has CUDA
+    result["cases"] += torch_phase(a, emulate, out_dir, deadline - time.monotonic(), phases)
+
     # ------------------------------------------------------ GPU-only phases
     if not emulate and module is not None and not cases_ok:
         phases["sanitizer"] = phases["bench"] = {"status": "skipped: the cases phase did not finish"}
