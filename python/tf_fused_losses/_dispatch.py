@@ -1,25 +1,41 @@
-"""Which implementation a call runs, told from its arrays without importing
-a framework to find out.
+"""Which backend module runs a call, told from its arrays without importing a
+framework to find out.
 
-* TensorFlow tensors and variables: the TF path (`_tf_ops`: the fused ops
-  and their registered gradients; `reference.*_pure_tf` with
-  TF_FUSED_LOSSES_PY_OPS=1).
-* JAX arrays and tracers: the fused XLA custom calls of `_jax_ops`; where
-  its handler library cannot load, the keras.ops forms (`_keras_ops`), with
-  one warning; the keras.ops forms too with TF_FUSED_LOSSES_PY_OPS=1.
-* torch tensors and anything else array-like: the keras.ops forms.
-* numpy arrays and Python values alone: the current Keras backend's path
-  (`keras.backend.backend()`).
+The backends, one module each, all with the same functions
+(`bpmll_loss(y_true, y_pred, name=None)` and
+`correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, name=None)`,
+each converting and checking its arguments with `_validation`):
 
-The arguments are looked at in the order y_pred, y_true, mask; the first
-that belongs to a framework decides. Nothing here imports TensorFlow, JAX,
-torch or Keras unless the call needs it.
+* `_tf_ops`: TensorFlow tensors and variables (the fused ops and their
+  registered gradients; the pure-TF forms with TF_FUSED_LOSSES_PY_OPS=1 or
+  inside XLA where the frontend has no lowerings).
+* `_jax_ops`: JAX arrays and tracers, through the fused XLA custom calls,
+  where the handler library loads and has handlers for the arrays'
+  platform; otherwise, and with TF_FUSED_LOSSES_PY_OPS=1, `_keras_ops`
+  (one warning says why).
+* `_torch_ops`: torch tensors, through the fused torch.library ops over
+  the core's C entry points, where the core loads and has kernels for the
+  tensors' device type; otherwise, and with TF_FUSED_LOSSES_PY_OPS=1,
+  `_keras_ops` (one warning says why).
+* `_keras_ops`: anything else array-like (the keras.ops forms, on the
+  Keras backend of that framework).
+
+numpy arrays and Python values go to the current Keras backend's framework.
+Arrays of two frameworks in one call are refused: one framework would
+convert the other's array, which works eagerly and fails when traced, or
+silently cuts the other framework's autodiff.
+
+This module sits between the public functions (`bpmll`, `correlation`,
+`losses`) and the backends, and imports no public module.
 """
 
 import importlib
 import sys
 import threading
 import warnings
+
+from ._loader import pure_path_requested
+from ._validation import not_converted
 
 TENSORFLOW = "tensorflow"
 JAX = "jax"
@@ -28,17 +44,7 @@ OTHER = "other"
 
 _NEUTRAL_ROOTS = ("builtins", "numpy", "ml_dtypes")
 _ROOTS = {"tensorflow": TENSORFLOW, "jax": JAX, "jaxlib": JAX, "torch": TORCH}
-
-
-def not_converted(fn):
-    """Marks fn as one of AutoGraph's own artifacts, so that a tf.function
-    that calls it runs it as plain Python, unconverted (what
-    tf.autograph.experimental.do_not_convert does, without importing TF).
-    Nothing in the losses branches on a tensor's value in Python, so this
-    changes no graph; it spares AutoGraph a conversion of code that imports
-    modules inside functions."""
-    fn.autograph_info__ = None
-    return fn
+_ARGUMENT_NAMES = ("y_pred", "y_true", "mask")
 
 
 @not_converted
@@ -85,15 +91,45 @@ def keras_backend():
 
 
 @not_converted
-def choose(*arrays):
-    """The framework that runs a call on these arrays (y_pred first): the
-    first array that belongs to one decides; numpy and Python values alone
-    go to the Keras backend's framework."""
-    for x in arrays:
+def choose(*arrays, names=_ARGUMENT_NAMES):
+    """The framework that runs a call on these arrays (y_pred, y_true,
+    mask): the one their framework-owned arrays share; numpy and Python
+    values alone go to the Keras backend's framework. Raises ValueError
+    naming both where two frameworks meet."""
+    found = None
+    for name, x in zip(names, arrays):
         framework = framework_of(x)
-        if framework is not None:
-            return framework
-    return backend_framework(keras_backend())
+        if framework is None:
+            continue
+        if found is None:
+            found = (name, framework)
+        elif framework != found[1]:
+            raise ValueError(
+                f"tf_fused_losses got a {found[1]} {found[0]} and a {framework} {name}: arrays of one call must "
+                f"belong to one framework (numpy arrays go with either). Convert {name} to a {found[1]} array."
+            )
+    return found[1] if found else backend_framework(keras_backend())
+
+
+@not_converted
+def backend(*arrays, names=_ARGUMENT_NAMES):
+    """The backend module that computes a call on these arrays (y_pred,
+    y_true, mask, or as `names` says)."""
+    return backend_for(choose(*arrays, names=names), arrays)
+
+
+@not_converted
+def backend_for(framework, arrays=()):
+    """The backend module for arrays of `framework` (`arrays`: the call's,
+    whose platform decides between the fused JAX calls and the keras.ops
+    forms)."""
+    if framework == TENSORFLOW:
+        return importlib.import_module("tf_fused_losses._tf_ops")
+    if framework in (JAX, TORCH) and not pure_path_requested():
+        fused = (jax_fused if framework == JAX else torch_fused)(arrays)
+        if fused is not None:
+            return fused
+    return keras_forms_for(framework)
 
 
 @not_converted
@@ -111,63 +147,111 @@ def keras_forms_for(framework):
     return importlib.import_module("tf_fused_losses._keras_ops")
 
 
-@not_converted
-def as_arrays(framework, *arrays):
-    """numpy arrays and Python values as the framework's arrays (JAX arrays
-    for JAX, the Keras backend's otherwise); others as they are."""
-    if all(framework_of(x) is not None for x in arrays):
-        return arrays
-    if framework == JAX:
-        import jax.numpy as jnp
-
-        convert = jnp.asarray
-    else:
-        from keras import ops
-
-        convert = ops.convert_to_tensor
-    return tuple(x if framework_of(x) is not None else convert(x) for x in arrays)
-
-
-def tf_module():
-    """The TF path (`_tf_ops`; importing it registers the fused ops' gradients)."""
-    return importlib.import_module("tf_fused_losses._tf_ops")
-
-
 # --------------------------------------------------------------------------
-# JAX: the fused custom calls where their handler library loads
+# The fused modules (JAX, torch), where they load for the arrays' platform
 # --------------------------------------------------------------------------
 
-_jax_lock = threading.Lock()
-_jax_state = {}  # "module": the loaded _jax_ops, or "error": why it did not load
 
+class _FusedModule:
+    """A fused backend module, imported and loaded on first use, and asked
+    per call whether it has kernels for the platform the arrays compute on.
+    A failed load, and each platform it lacks, warns once, saying why; then
+    the call takes the keras.ops forms."""
 
-@not_converted
-def jax_fused():
-    """`_jax_ops`, loaded, or None where its handler library cannot load
-    (the first such call warns once, saying why)."""
-    if "module" in _jax_state:
-        return _jax_state["module"]
-    if "error" in _jax_state:
+    def __init__(self, framework, module_name, platform_of, has_platform, lacking):
+        self._framework = framework
+        self._module_name = module_name
+        self._platform_of = platform_of  # (module, arrays) -> platform
+        self._has_platform = has_platform  # (module, platform) -> bool
+        self._lacking = lacking  # (module, platform) -> why it has no kernels there
+        self._lock = threading.Lock()
+        self._state = {}  # "module": the loaded module, or "error": why it did not load
+        self._warned = set()
+
+    def for_arrays(self, arrays):
+        if not self._state:
+            with self._lock:
+                if not self._state:
+                    try:
+                        module = importlib.import_module(self._module_name)
+                        module.load()
+                    except (ImportError, RuntimeError) as e:
+                        self._state["error"] = f"{type(e).__name__}: {e}"
+                        self._warn(f"Why: {self._state['error']}")
+                    else:
+                        self._state["module"] = module
+        module = self._state.get("module")
+        if module is None:
+            return None
+        platform = self._platform_of(module, arrays)
+        if self._has_platform(module, platform):
+            return module
+        with self._lock:
+            if platform not in self._warned:
+                self._warned.add(platform)
+                self._warn(f"Why: {self._lacking(module, platform)}")
         return None
-    with _jax_lock:
-        if not _jax_state:
-            try:
-                module = importlib.import_module("tf_fused_losses._jax_ops")
-                module.load()
-            except (ImportError, RuntimeError) as e:
-                _jax_state["error"] = f"{type(e).__name__}: {e}"
-                warnings.warn(
-                    "tf_fused_losses: the fused JAX ops are unavailable, so JAX arrays use the keras.ops forms of the "
-                    f"losses (same conventions, slower). Why: {_jax_state['error']}",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            else:
-                _jax_state["module"] = module
-    return _jax_state.get("module")
+
+    def _warn(self, why):
+        # stacklevel: the public function that called backend() / backend_for().
+        warnings.warn(
+            f"tf_fused_losses: the fused {self._framework} ops are unavailable, so {self._framework} arrays use the "
+            f"keras.ops forms of the losses (same conventions, slower). {why}",
+            RuntimeWarning,
+            stacklevel=6,
+        )
+
+    def reset(self):
+        """Forgets whether the module loaded, and the warnings given (tests)."""
+        with self._lock:
+            self._state.clear()
+            self._warned.clear()
+
+
+_JAX = _FusedModule(
+    "JAX",
+    "tf_fused_losses._jax_ops",
+    lambda module, arrays: module.platform_of(*arrays),
+    lambda module, platform: module.has_handlers(platform),
+    lambda module, platform: (
+        f"{module.library_path()} has no handlers registered for the {platform} platform these arrays compute on "
+        f"(registered: {', '.join(module.load()['platforms'])}); build it with CUDA and install a CUDA jaxlib "
+        f"plugin for the fused GPU calls."
+    ),
+)
+_TORCH = _FusedModule(
+    "torch",
+    "tf_fused_losses._torch_ops",
+    lambda module, arrays: module.device_type_of(*arrays),
+    lambda module, device_type: module.has_kernels(device_type),
+    lambda module, device_type: (
+        f"the core library has no kernels for {device_type} tensors (it has: {', '.join(module.load())}); "
+        f"build it with CUDA for the fused GPU ops."
+    ),
+)
+
+
+@not_converted
+def jax_fused(arrays=()):
+    """`_jax_ops`, loaded, where it has handlers for the platform the
+    arrays compute on; None otherwise (the first such call per reason warns
+    once, saying why)."""
+    return _JAX.for_arrays(arrays)
+
+
+@not_converted
+def torch_fused(arrays=()):
+    """`_torch_ops`, where the core's C entry points load and have kernels
+    for the device type the arrays are on; None otherwise (the first such
+    call per reason warns once, saying why)."""
+    return _TORCH.for_arrays(arrays)
 
 
 def reset_jax_state():
-    """Forgets whether `_jax_ops` loaded (tests)."""
-    with _jax_lock:
-        _jax_state.clear()
+    """Forgets whether `_jax_ops` loaded, and the warnings given (tests)."""
+    _JAX.reset()
+
+
+def reset_torch_state():
+    """Forgets whether `_torch_ops` loaded, and the warnings given (tests)."""
+    _TORCH.reset()

@@ -11,7 +11,7 @@ Importing this module registers the gradient.
 import tensorflow as tf
 
 from . import _loader
-from ._ids_validation import check_padded_ids_arguments
+from ._validation import check_padded_ids_arguments
 
 
 def bpmll_loss_from_padded_ids(label_ids, y_pred, name=None):

@@ -24,7 +24,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from ._validation import check_bpmll_arguments, check_sequence_arguments
+from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments
 
 INF = float("inf")
 NAN = float("nan")
@@ -200,6 +200,27 @@ def bpmll_loss(y_true, y_pred, name=None):
         return loss, _grad_function(lambda upstream: upstream[:, None] * grad_rows)
 
     return ops.cast(loss_of_logits(c), out_dtype)
+
+
+def bpmll_loss_from_ids(label_ids, y_pred, name=None):
+    """BP-MLL from padded label ids (batch, K), -1 = padding, with the fused
+    op's conventions: the ids become the 0/1 label matrix (a scatter; a
+    repeated id counts once) and `bpmll_loss` runs on it. A row holding an
+    id outside [0, labels) other than the padding is NaN, as bad dense
+    labels are here. The fused backends never build that matrix."""
+    label_ids = ops.convert_to_tensor(label_ids)
+    y_pred = ops.convert_to_tensor(y_pred)
+    check_padded_ids_arguments(label_ids, y_pred)
+    batch, labels = ops.shape(y_pred)[0], ops.shape(y_pred)[1]
+    ids = ops.cast(label_ids, "int32")
+    valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, labels))
+    bad_row = ops.any(ops.logical_and(ops.logical_not(valid), ops.not_equal(ids, -1)), axis=1)
+    rows = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), ops.shape(ids))
+    indices = ops.reshape(ops.stack([rows, ops.where(valid, ids, ops.zeros_like(ids))], axis=-1), (-1, 2))
+    counts = ops.scatter(indices, ops.reshape(ops.cast(valid, "int32"), (-1,)), (batch, labels))
+    dense = ops.cast(ops.minimum(counts, 1), "uint8")
+    dense = ops.where(ops.expand_dims(bad_row, 1), ops.full_like(dense, 2), dense)
+    return bpmll_loss(dense, y_pred)
 
 
 # --------------------------------------------------------------------------

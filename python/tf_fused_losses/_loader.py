@@ -69,10 +69,10 @@ def use_pure_tf() -> bool:
     build = _builds().get(_minor(tf.__version__))
     if build is None or build.get("xla", True):
         return False
-    return _in_xla_context()
+    return in_xla_context()
 
 
-def _in_xla_context():
+def in_xla_context():
     import tensorflow as tf
     from tensorflow.python.framework import ops as tf_ops
     from tensorflow.python.ops import control_flow_util

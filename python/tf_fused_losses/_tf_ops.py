@@ -12,9 +12,9 @@ tests can record the op calls by replacing it here.
 
 import tensorflow as tf
 
-from . import _loader, _tf_pure
+from . import _ids_tf, _loader, _tf_pure
 from ._loader import use_pure_tf
-from ._validation import check_bpmll_arguments, check_sequence_arguments
+from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments
 
 
 def ops():
@@ -56,6 +56,44 @@ def _fused_bpmll_loss_grad(op, grad_loss, unused_grad_of_grad):
     # The op already wrote d loss_i / d y_pred; this scales its rows, in place
     # where TF allows. Second derivatives are not provided.
     return [None, ops().fused_bpmll_loss_grad(grad_loss=grad_loss, cached_grad=op.outputs[1])]
+
+
+def bpmll_loss_from_ids(label_ids, y_pred, name=None):
+    """`tf_fused_losses.bpmll_loss_from_ids` on TensorFlow: label_ids a
+    tf.RaggedTensor (batch, None), a tf.SparseTensor (batch, K) whose values
+    are ids, or a padded (batch, K) tensor (-1 = padding), int32 or int64.
+    Runs the fused ids op (`_ids_tf`); the pure path densifies the ids."""
+    with tf.name_scope(name or "bpmll_loss_from_ids"):
+        label_ids = padded_ids(label_ids)
+        y_pred = tf.convert_to_tensor(y_pred)
+        check_padded_ids_arguments(label_ids, y_pred)
+        if use_pure_tf():
+            return _tf_pure.bpmll_loss_pure_tf(_tf_pure.labels_from_padded_ids(label_ids, tf.shape(y_pred)[1]), y_pred)
+        return _ids_tf.bpmll_loss_from_padded_ids(label_ids, y_pred)
+
+
+def padded_ids(label_ids):
+    """Ragged or sparse ids as a padded (batch, K) tensor, -1 as padding (K:
+    the longest row); a padded tensor as it is. Not inside XLA, which
+    compiles neither ragged nor sparse tensors: there the input pipeline
+    pads (`tf.data`'s `.map(lambda x, y: (x, y.to_tensor(-1)))`)."""
+    if isinstance(label_ids, (tf.RaggedTensor, tf.SparseTensor)) and _loader.in_xla_context():
+        kind = type(label_ids).__name__
+        raise ValueError(
+            f"label_ids as a tf.{kind} cannot be padded inside XLA (jit_compile=True): XLA compiles no {kind}. "
+            f"Pad the ids to a (batch, K) int tensor with -1 before the compiled step, e.g. in tf.data: "
+            f"dataset.map(lambda x, ids: (x, ids.to_tensor(default_value=-1))) for ragged ids, or compile "
+            f"without XLA (model.compile(..., jit_compile=False))."
+        )
+    if isinstance(label_ids, tf.RaggedTensor):
+        if label_ids.ragged_rank != 1 or label_ids.shape.rank != 2:
+            raise ValueError(f"label_ids as a tf.RaggedTensor must be (batch, None); got shape {label_ids.shape}")
+        return label_ids.to_tensor(default_value=tf.constant(-1, label_ids.dtype))
+    if isinstance(label_ids, tf.SparseTensor):
+        if label_ids.shape.rank != 2:
+            raise ValueError(f"label_ids as a tf.SparseTensor must be (batch, K); got shape {label_ids.shape}")
+        return tf.sparse.to_dense(tf.sparse.reorder(label_ids), default_value=tf.constant(-1, label_ids.dtype))
+    return tf.convert_to_tensor(label_ids)
 
 
 # --------------------------------------------------------------------------

@@ -176,6 +176,25 @@ def bpmll_loss_pure_tf(y_true, y_pred):
     return tf.cast(loss_of_logits(tf.cast(y_pred, acc)), out_dtype)
 
 
+def labels_from_padded_ids(label_ids, labels):
+    """The (batch, labels) uint8 0/1 matrix of padded label ids (-1 =
+    padding; a repeated id counts once), for the pure path, which has no
+    other way to read ids. A row holding an id outside [0, labels) other
+    than the padding gets the label 2 everywhere, which `bpmll_loss_pure_tf`
+    turns into a NaN row, as it does bad dense labels (nothing can raise
+    inside XLA). A scatter of the ids, so it compiles under XLA."""
+    label_ids = tf.cast(label_ids, tf.int64)
+    labels = tf.cast(labels, tf.int64)
+    shape = tf.shape(label_ids, out_type=tf.int64)
+    valid = tf.logical_and(label_ids >= 0, label_ids < labels)
+    bad_row = tf.reduce_any(tf.logical_and(tf.logical_not(valid), label_ids != -1), axis=1)
+    rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
+    indices = tf.stack([rows, tf.where(valid, label_ids, tf.zeros_like(label_ids))], axis=-1)
+    counts = tf.scatter_nd(indices, tf.cast(valid, tf.int32), tf.stack([shape[0], labels]))
+    dense = tf.cast(tf.minimum(counts, 1), tf.uint8)
+    return tf.where(bad_row[:, None], tf.constant(2, tf.uint8), dense)
+
+
 # --------------------------------------------------------------------------
 # Correlation and CCC (per step, for sequence labelling)
 # --------------------------------------------------------------------------

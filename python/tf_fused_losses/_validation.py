@@ -148,6 +148,29 @@ def check_bpmll_arguments(y_true, y_pred):
     check_same_shape(y_true, y_pred)
 
 
+ID_DTYPES = ("int32", "int64")
+
+
+@not_converted
+def check_padded_ids_arguments(label_ids, y_pred):
+    """Label-id BP-MLL's label_ids (batch, K) int32/int64 (-1 = padding) and
+    y_pred (batch, labels) floating, with the same batch size where both
+    are known. Id values are checked by the kernels (they raise naming the
+    element)."""
+    check_float_dtype("y_pred", y_pred)
+    got = dtype_name(label_ids.dtype)
+    if got not in ID_DTYPES:
+        raise ValueError(f"label_ids must be int32 or int64; got dtype {got}")
+    check_rank("y_pred", y_pred, (2,), BPMLL_LAYOUT)
+    check_rank("label_ids", label_ids, (2,), "(batch, ids)")
+    ids_dims, pred_dims = static_dims(label_ids), static_dims(y_pred)
+    if ids_dims is not None and pred_dims is not None and not dims_compatible(ids_dims[:1], pred_dims[:1]):
+        raise ValueError(
+            f"label_ids and y_pred must have the same batch size; got label_ids {shape_text(label_ids)} and "
+            f"y_pred {shape_text(y_pred)}"
+        )
+
+
 def sequence_batch_steps(name, tensor):
     """The static (batch, steps) of a (batch, steps[, 1]) input, checked;
     (None, None) for an unknown rank."""

@@ -41,19 +41,48 @@ def _backend(*arrays):
     return _dispatch.backend_for(_framework(), arrays)
 
 
+# The label ids of the call being computed on this thread, from the loss's
+# __call__ to its call (see BPMLLLoss.__call__).
+_call_ids = threading.local()
+
+
 @keras.saving.register_keras_serializable(package="tf_fused_losses")
 class BPMLLLoss(keras.losses.Loss):
     """Keras loss for multi-label ranking (BP-MLL; see `bpmll_loss`). Works
-    with any reduction and with sample_weight of shape (batch,)."""
+    with any reduction and with sample_weight of shape (batch,).
 
-    def __init__(self, reduction="sum_over_batch_size", name="bpmll_loss", dtype=None):
+    With label_ids=True, y_true holds each row's positive label ids instead
+    of dense labels (see `bpmll_loss_from_ids`): a padded (batch, K) int
+    array with -1 as padding on any backend, or a tf.RaggedTensor /
+    tf.SparseTensor on TensorFlow, e.g. straight from a tf.data pipeline."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="bpmll_loss", dtype=None, label_ids=False):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not isinstance(label_ids, bool):
+            raise ValueError(f"label_ids must be True or False; got {label_ids!r}")
+        self.label_ids = label_ids
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if not self.label_ids:
+            return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        # Loss.__call__ converts y_true to the loss's float dtype, which would
+        # turn ids into floats and a ragged or sparse tensor into an error:
+        # the ids reach call() beside it instead, as they came.
+        outer = getattr(_call_ids, "ids", None)
+        _call_ids.ids = y_true
+        try:
+            return super().__call__(y_pred, y_pred, sample_weight=sample_weight)
+        finally:
+            _call_ids.ids = outer
 
     def call(self, y_true, y_pred):
+        if self.label_ids:
+            ids = _call_ids.ids
+            return _backend(y_pred, ids).bpmll_loss_from_ids(ids, y_pred)
         return _backend(y_pred, y_true).bpmll_loss(y_true, y_pred)
 
     def get_config(self):
-        return super().get_config()
+        return {**super().get_config(), "label_ids": self.label_ids}
 
 
 # The Keras mask of the y_pred whose loss is being computed on this thread,

@@ -7,6 +7,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tf_cpu_isa.h"
 #include "tf_parallel_for.h"
 
 namespace tf_fused_losses {
@@ -40,7 +41,7 @@ struct BpmllIdsLossFunctor<CPUDevice, T, TId> {
 template <typename Device, typename T, typename TId>
 class FusedBpmllIdsLossOp : public OpKernel {
  public:
-  explicit FusedBpmllIdsLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit FusedBpmllIdsLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) { RequireUsableCpuIsa<Device>(ctx); }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& label_ids = ctx->input(0);
