@@ -164,3 +164,20 @@ def test_a_keras_model_trains_on_ids_from_tf_data(rng, form, jit_compile, tmp_pa
     assert loaded.loss.label_ids is True
     padded = data.map(lambda f, i: (f, i.to_tensor(default_value=-1) if isinstance(i, tf.RaggedTensor) else i))
     np.testing.assert_allclose(loaded.evaluate(padded, verbose=0), model.evaluate(padded, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_torch_ids_give_the_dense_loss_and_gradient_and_name_bad_ids(rng):
+    import torch
+
+    _, padded, dense, logits = draw(rng)
+    c = torch.tensor(logits, requires_grad=True)
+    weights = torch.arange(1.0, 6.0)
+    got = tfl.bpmll_loss_from_ids(torch.tensor(padded), c)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), c)
+    want = tfl.bpmll_loss(torch.tensor(dense), c)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), c)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    padded[4, 0] = -2
+    with pytest.raises(ValueError, match=r"label_ids\[4, 0\] = -2 is outside \[0, 37\)"):
+        tfl.bpmll_loss_from_ids(torch.tensor(padded), c)

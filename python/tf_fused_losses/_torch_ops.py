@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import _core_c_api as core
-from ._validation import check_bpmll_arguments, check_sequence_arguments, dtype_name
+from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments, dtype_name
 
 ROW_STATS = 5  # kCorrelationRowStats (cc/core/correlation/correlation_math.h)
 
@@ -293,6 +293,30 @@ def bpmll_loss(y_true, y_pred, name=None):
     y_true = _as_tensor("y_true", y_true, like=y_pred)
     check_bpmll_arguments(y_true, y_pred)
     return torch.ops.tfl.bpmll_loss(y_true, y_pred)[0]
+
+
+def bpmll_loss_from_ids(label_ids, y_pred, name=None):
+    """BP-MLL from padded label ids (batch, K) of torch tensors (-1 =
+    padding; a repeated id counts once): the ids are scattered into the
+    0/1 uint8 labels and the dense op runs on them (the C API has no ids
+    entry point yet, so this path does build the (batch, labels) matrix).
+    An id outside [0, labels) other than the padding raises ValueError
+    naming it, eagerly; under torch.compile its row's labels read 2, which
+    the dense op refuses."""
+    y_pred = _as_tensor("y_pred", y_pred)
+    label_ids = _as_tensor("label_ids", label_ids, like=y_pred)
+    check_padded_ids_arguments(label_ids, y_pred)
+    labels = y_pred.shape[1]
+    valid = (label_ids >= 0) & (label_ids < labels)
+    bad = ~valid & (label_ids != -1)
+    if not torch.compiler.is_compiling() and bool(bad.any()):
+        row, column = (int(i) for i in bad.nonzero()[0])
+        value = int(label_ids[row, column])
+        raise ValueError(f"label_ids[{row}, {column}] = {value} is outside [0, {labels})")
+    dense = torch.zeros(y_pred.shape, dtype=torch.uint8, device=y_pred.device)
+    dense.scatter_(1, torch.where(valid, label_ids, 0).long(), valid.to(torch.uint8))
+    dense = torch.where(bad.any(dim=1, keepdim=True), torch.full_like(dense, 2), dense)
+    return bpmll_loss(dense, y_pred)
 
 
 def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
