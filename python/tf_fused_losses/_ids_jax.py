@@ -14,7 +14,7 @@ import threading
 import jax
 
 from . import _jax_ops
-from ._ids_validation import check_padded_ids_arguments
+from ._validation import check_padded_ids_arguments
 
 TARGET_BPMLL_IDS_LOSS = "tfl_bpmll_ids_loss"
 
@@ -47,12 +47,14 @@ def load():
                     f"{_jax_ops.LIBRARY_ENV} at a current build."
                 ) from None
             jax.ffi.register_ffi_target(TARGET_BPMLL_IDS_LOSS, jax.ffi.pycapsule(handler), platform=platform)
+        # Row-independent as the dense handlers (_jax_ops._batch_call).
+        jax.ffi.register_ffi_target_as_batch_partitionable(TARGET_BPMLL_IDS_LOSS)
         _registered = True
 
 
 def _forward_rows(label_ids, y_pred):
     rows, labels = y_pred.shape
-    call = jax.ffi.ffi_call(
+    call = _jax_ops._batch_call(
         TARGET_BPMLL_IDS_LOSS,
         (_jax_ops._result((rows,), y_pred.dtype), _jax_ops._result((rows, labels), y_pred.dtype)),
     )

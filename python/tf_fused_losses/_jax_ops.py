@@ -41,6 +41,16 @@ import numpy as np
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+from jaxlib.mlir import ir
+from jax._src import core as _core  # the abstract-eval helpers ffi_call's own primitive uses
+from jax._src import dispatch as _dispatch
+
+try:  # how jax's own batch-partitionable FFI calls build theirs (jax/_src/lax/linalg.py)
+    from jax._src.custom_partitioning_sharding_rule import sdy_sharding_rule_to_mlir, str_to_sdy_sharding_rule
+except ImportError:  # pragma: no cover - another jax: the calls run replicated under Shardy, as ffi_call's
+    str_to_sdy_sharding_rule = None
 
 from ._loader import check_cpu_isa
 from ._validation import check_bpmll_arguments, check_sequence_arguments
@@ -234,6 +244,10 @@ def _load():
                     f"{_version_text(library_version)}; jaxlib's headers declare "
                     f"{_version_text(jaxlib_version)}. Versions known to work: {_tested_text()}."
                 ) from e
+    # The handlers are row-independent along dim 0 of every operand and
+    # result: XLA may give each device its rows (see _batch_call).
+    for target, _ in _TARGETS:
+        jax.ffi.register_ffi_target_as_batch_partitionable(target)
     _library = library
     return {
         "library": path,
@@ -329,9 +343,102 @@ def _result(shape, dtype):
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
+# jax.ffi.ffi_call emits a custom call without a sharding rule, which XLA
+# runs replicated: under jax.jit with batch-sharded inputs it would
+# all-gather the operands, run the whole batch on every device and slice the
+# results. Every handler here is row-independent along dim 0 of each operand
+# and result, which is XLA's batch-partitionable custom call
+# (xla/python/custom_call_batch_partitioner.cc, registered in _load() by
+# jax.ffi.register_ffi_target_as_batch_partitionable): the SPMD partitioner
+# gives each device its rows of every operand, dims past 0 gathered, and
+# calls the handler on them. It needs two attributes ffi_call cannot set:
+# the frontend attribute num_batch_dims (the partitioner reads it), and, for
+# Shardy (JAX's default partitioner), an sdy.sharding_rule, without which
+# Shardy propagates nothing through the call. Hence a primitive of our own
+# whose lowering is jax.ffi.ffi_lowering plus those two attributes.
+_batch_call_p = Primitive("tfl_batch_ffi_call")
+_batch_call_p.multiple_results = True
+_batch_call_p.def_impl(functools.partial(_dispatch.apply_primitive, _batch_call_p))
+
+
+def _batch_spec(avals_in, rows):
+    """The mesh axis (or axes) dim 0 of the row operands is typed with under
+    explicit mesh axes, else None."""
+    for a in avals_in:
+        spec = getattr(getattr(a, "sharding", None), "spec", ())
+        if a.ndim and a.shape[0] == rows and len(spec) and spec[0] is not None:
+            return spec[0]
+    return None
+
+
+def _batch_call_abstract_eval(*avals_in, target, results, aliases, attributes):
+    del target, aliases, attributes
+    _core.standard_vma_rule("tfl_batch_ffi_call", *avals_in)  # as ffi_call's
+    rows = avals_in[0].shape[0]  # every handler's first operand is a row array
+    batch = _batch_spec(avals_in, rows)
+    outs = []
+    for shape, dtype in results:
+        sharding = _core.get_cur_mesh_sharding()
+        if batch is not None and len(shape) and shape[0] == rows and avals_in[0].sharding is not None:
+            # The partitioner's result sharding: rows as the operands', the rest whole.
+            sharding = avals_in[0].sharding.update(spec=jax.sharding.PartitionSpec(batch, *([None] * (len(shape) - 1))))
+        outs.append(_core.ShapedArray(shape, dtype, sharding=sharding))
+    return outs
+
+
+def _sharding_rule(ctx, rows):
+    """b (the rows) on dim 0 of every row array; every other dim a factor of
+    its own that must be replicated (the partitioner gathers it); the
+    placeholders ((0,): no mask, gradient not computed) only factors of
+    their own."""
+    names = (f"d{i}" for i in range(1000))
+
+    def mapping(aval):
+        dims = [next(names) for _ in aval.shape]
+        if dims and aval.shape[0] == rows:
+            dims[0] = "b"
+        return " ".join(dims)
+
+    lhs = ", ".join(mapping(a) for a in ctx.avals_in)
+    rhs = ", ".join(mapping(a) for a in ctx.avals_out)
+    # In the order of their first use: the rule's special factors must be sorted.
+    replicated = tuple(dict.fromkeys(re.findall(r"d\d+", f"{lhs} {rhs}")))
+    rule = str_to_sdy_sharding_rule(f"{lhs} -> {rhs}", need_replication_factors=replicated)
+    types = lambda avals: [t for a in avals for t in mlir.aval_to_ir_types(ctx.module_context, a)]  # noqa: E731
+    return sdy_sharding_rule_to_mlir(rule, types(ctx.avals_in), types(ctx.avals_out))
+
+
+def _batch_call_lowering(ctx, *operands, target, results, aliases, attributes):
+    extra = {"mhlo.frontend_attributes": ir.DictAttr.get({"num_batch_dims": ir.StringAttr.get("1")})}
+    if str_to_sdy_sharding_rule is not None and jax.config.jax_use_shardy_partitioner:
+        extra["sdy.sharding_rule"] = _sharding_rule(ctx, ctx.avals_in[0].shape[0])
+    rule = jax.ffi.ffi_lowering(target, operand_output_aliases=dict(aliases), extra_attributes=extra)
+    return rule(ctx, *operands, **dict(attributes))
+
+
+_batch_call_p.def_abstract_eval(_batch_call_abstract_eval)
+mlir.register_lowering(_batch_call_p, _batch_call_lowering)
+
+
+def _batch_call(target, result_shape_dtypes, input_output_aliases=None):
+    """As jax.ffi.ffi_call(target, result_shape_dtypes, input_output_aliases=...),
+    for handlers whose operands and results all have the rows on dim 0 (the
+    first operand's dim 0) but for (0,) placeholders; a call XLA partitions
+    along those rows."""
+    results = tuple((tuple(r.shape), np.dtype(r.dtype)) for r in result_shape_dtypes)
+    aliases = tuple(sorted((input_output_aliases or {}).items()))
+
+    def call(*args, **attributes):
+        return _batch_call_p.bind(
+            *args, target=target, results=results, aliases=aliases, attributes=tuple(sorted(attributes.items()))
+        )
+
+    return call
+
+
 def _bpmll_forward_rows(y_true, y_pred):
     rows, labels = y_pred.shape
-    call = jax.ffi.ffi_call(
+    call = _batch_call(
         TARGET_BPMLL_LOSS, (_result((rows,), y_pred.dtype), _result((rows, labels), y_pred.dtype))
     )
     return tuple(call(y_true, y_pred))
@@ -340,7 +447,7 @@ def _bpmll_forward_rows(y_true, y_pred):
 def _bpmll_backward_rows(grad_loss, cached_grad):
     # The scaled gradient overwrites the cached one (XLA copies cached_grad
     # first where it is still needed), as in the TF lowering.
-    call = jax.ffi.ffi_call(
+    call = _batch_call(
         TARGET_BPMLL_LOSS_GRAD, (_result(cached_grad.shape, cached_grad.dtype),), input_output_aliases={1: 0}
     )
     return tuple(call(grad_loss, cached_grad))
@@ -360,7 +467,7 @@ def _correlation_forward(concordance, epsilon, has_mask):
 
     def rows_fun(y_true, y_pred, *mask):
         rows, steps = y_pred.shape
-        call = jax.ffi.ffi_call(
+        call = _batch_call(
             TARGET_CORRELATION_LOSS,
             (_result((rows, steps), y_pred.dtype), _result((rows, _ROW_STATS), np.float64)),
         )
@@ -381,7 +488,7 @@ def _correlation_backward(concordance, epsilon, has_mask, want_grad_y_true):
         row_stats = mask_and_stats[-1]
         # grad_y_true is (0,) when not computed, as in the TF op.
         true_shape = y_true.shape if want_grad_y_true else (0,)
-        call = jax.ffi.ffi_call(
+        call = _batch_call(
             TARGET_CORRELATION_LOSS_GRAD,
             (_result(true_shape, y_pred.dtype), _result(y_pred.shape, y_pred.dtype)),
             # grad_y_pred into grad_loss's buffer, as in the TF lowering.
@@ -471,6 +578,15 @@ def bpmll_loss(y_true, y_pred, name=None):
     y_true = _as_array("y_true", y_true)
     check_bpmll_arguments(y_true, y_pred)
     return _bpmll(y_true, y_pred)
+
+
+def bpmll_loss_from_ids(label_ids, y_pred, name=None):
+    """BP-MLL from padded label ids (batch, K) of JAX arrays (-1 =
+    padding): the fused ids custom call (`_ids_jax`), the dense loss's bits
+    without a dense label matrix."""
+    from . import _ids_jax  # it builds on this module's calls
+
+    return _ids_jax.bpmll_loss_from_padded_ids(label_ids, y_pred)
 
 
 def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
