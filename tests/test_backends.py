@@ -181,15 +181,15 @@ BAD_INPUTS = {
     ),
     "steps_of_another_length": (
         lambda: tfl.correlation_loss(np.zeros((2, 4), np.float32), ZEROS),
-        r"^y_true and y_pred must have the same \(batch, steps\); got y_true \(2, 4\) and y_pred \(2, 3\)$",
+        r"^y_true and y_pred must have the same \(batch, steps\) and targets; got y_true \(2, 4\) and y_pred \(2, 3\)$",
     ),
     "BPMLLLoss_rank_3": (
         lambda: tfl.BPMLLLoss()(np.zeros((2, 3, 1), np.float32), np.zeros((2, 3, 1), np.float32)),
         r"^y_pred must be rank 2 \(batch, labels\); got shape \(2, 3, 1\)$",
     ),
-    "CCCLoss_two_channels": (
-        lambda: tfl.CCCLoss()(np.zeros((2, 3, 2), np.float32), np.zeros((2, 3, 2), np.float32)),
-        r"^y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)$",
+    "CCCLoss_rank_4": (
+        lambda: tfl.CCCLoss()(np.zeros((2, 3, 2, 1), np.float32), np.zeros((2, 3, 2, 1), np.float32)),
+        r"^y_true must be \(batch, steps\) or \(batch, steps, targets\); got shape \(2, 3, 2, 1\)$",
     ),
 }
 

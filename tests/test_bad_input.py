@@ -188,8 +188,8 @@ def test_correlation_gradient_op_rejects_bad_input(graph, kwargs, error, message
     "loss, shape, message",
     [
         (tfl.BPMLLLoss(), (2, 3, 1), r"^y_pred must be rank 2 \(batch, labels\); got shape \(2, 3, 1\)$"),
-        (tfl.CorrelationLoss(), (2, 3, 2), r"^y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)$"),
-        (tfl.CCCLoss(), (2, 3, 2), r"^y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)$"),
+        (tfl.CorrelationLoss(), (2, 3, 2, 1), r"^y_true must be \(batch, steps\) or \(batch, steps, targets\); got shape \(2, 3, 2, 1\)$"),
+        (tfl.CCCLoss(), (2, 3, 2, 1), r"^y_true must be \(batch, steps\) or \(batch, steps, targets\); got shape \(2, 3, 2, 1\)$"),
     ],
     ids=["BPMLLLoss", "CorrelationLoss", "CCCLoss"],
 )

@@ -461,10 +461,10 @@ def test_nan_propagates(rng):
     "y_true, y_pred, kwargs, message",
     [
         (np.zeros((2, 5)), np.zeros((2, 5), np.int32), {}, "y_pred must be one of"),
-        (np.zeros((2, 5)), np.zeros(5), {}, r"y_pred must be \(batch, steps\) or \(batch, steps, 1\); got shape \(5,"),
+        (np.zeros((2, 5)), np.zeros(5), {}, r"y_pred must be \(batch, steps\) or \(batch, steps, targets\); got shape \(5,"),
         (np.zeros((2, 5, 1, 1)), np.zeros((2, 5)), {}, r"y_true must be .*got shape \(2, 5, 1, 1\)"),
-        (np.zeros((2, 5, 2)), np.zeros((2, 5, 2)), {}, r"got shape \(2, 5, 2\)"),
-        (np.zeros((2, 5)), np.zeros((2, 6)), {}, r"same \(batch, steps\); got y_true \(2, 5\) and y_pred \(2, 6\)"),
+        (np.zeros((2, 5, 2)), np.zeros((2, 5, 3)), {}, r"same \(batch, steps\) and targets; got y_true \(2, 5, 2\)"),
+        (np.zeros((2, 5)), np.zeros((2, 6)), {}, r"same \(batch, steps\) and targets; got y_true \(2, 5\) and y_pred \(2, 6\)"),
         (np.zeros((2, 5)), np.zeros((3, 5, 1)), {}, r"y_true \(2, 5\) and y_pred \(3, 5, 1\)"),
         (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.ones((2, 4), bool)}, r"mask must have .*shape \(2, 4\)"),
         (np.zeros((2, 5)), np.zeros((2, 5)), {"mask": np.ones((2, 5, 1), bool)}, r"mask must have shape"),

@@ -194,7 +194,7 @@ def test_gpu_is_cuda_for_the_handlers(jax_ops, monkeypatch):
 # The package's modules by layer, lowest first (docs/architecture.md). A new
 # module must be placed here: the test below reads every module.
 LAYERS = [
-    ("base", {"_loader", "_validation", "_head_validation"}),
+    ("base", {"_loader", "_validation", "_head_validation", "_sequence_rows"}),
     ("backends", {"_tf_ops", "_tf_pure", "_ids_tf", "_jax_ops", "_ids_jax", "_keras_ops", "_torch_ops",
                   "_core_c_api", "_head_tf", "_head_jax"}),
     ("functional", {"_dispatch", "bpmll", "correlation", "head", "metrics", "reference"}),

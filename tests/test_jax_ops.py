@@ -713,9 +713,9 @@ def test_bpmll_bad_arguments(y_true, y_pred, match):
     [
         (F32, F32.astype(np.int32), {}, r"y_pred must be one of float16, bfloat16, float32, float64; got dtype int32"),
         (F32.astype(np.complex64), F32, {}, r"y_true must be numeric; got dtype complex64"),
-        (F32, np.zeros((2, 3, 2), np.float32), {}, r"y_pred must be \(batch, steps\) or \(batch, steps, 1\); got shape \(2, 3, 2\)"),
-        (np.zeros(6, np.float32), F32, {}, r"y_true must be \(batch, steps\) or \(batch, steps, 1\); got shape \(6,\)"),
-        (np.zeros((2, 4), np.float32), F32, {}, r"y_true and y_pred must have the same \(batch, steps\); got y_true \(2, 4\) and y_pred \(2, 3\)"),
+        (F32, np.zeros((2, 3, 2), np.float32), {}, r"y_true and y_pred must have the same \(batch, steps\) and targets; got y_true \(2, 3\) and y_pred \(2, 3, 2\)"),
+        (np.zeros(6, np.float32), F32, {}, r"y_true must be \(batch, steps\) or \(batch, steps, targets\); got shape \(6,\)"),
+        (np.zeros((2, 4), np.float32), F32, {}, r"y_true and y_pred must have the same \(batch, steps\) and targets; got y_true \(2, 4\) and y_pred \(2, 3\)"),
         (F32, F32, {"epsilon": -1.0}, r"epsilon must be finite and >= 0; got -1.0"),
         (F32, F32, {"epsilon": float("nan")}, r"epsilon must be finite and >= 0; got nan"),
         (F32, F32, {"epsilon": float("inf")}, r"epsilon must be finite and >= 0; got inf"),

@@ -20,5 +20,5 @@ pip_in "$venv" install -q "$wheel"
 copy_tests tests
 log "tests on KERAS_BACKEND=torch"
 (cd "$work/tree" && KERAS_BACKEND=torch "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider \
-    tests/test_keras_ops_path.py tests/test_backends.py tests/test_torch_ops.py tests/test_bpmll_from_ids.py)
+    tests/test_keras_ops_path.py tests/test_backends.py tests/test_torch_ops.py tests/test_bpmll_from_ids.py tests/test_sequence_targets.py)
 log "done"

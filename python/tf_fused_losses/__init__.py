@@ -25,6 +25,10 @@ _EXPORTS = {
     "PURE_TF_ENV": ("_loader", "PURE_TF_ENV"),
     "bpmll_loss": ("bpmll", "bpmll_loss"),
     "bpmll_loss_from_ids": ("bpmll", "bpmll_loss_from_ids"),
+    "bpmll_head_loss": ("head", "bpmll_head_loss"),
+    "bpmll_head_top_k": ("head", "bpmll_head_top_k"),
+    # The fused head's Keras layer (not in __all__: it imports Keras)
+    "BPMLLHead": ("head_layers", "BPMLLHead"),
     "ccc_loss": ("correlation", "ccc_loss"),
     "correlation_loss": ("correlation", "correlation_loss"),
     "build_info": ("_loader", "build_info"),
@@ -43,6 +47,8 @@ _EXPORTS = {
 _SUBMODULES = (
     "bpmll",
     "correlation",
+    "head",
+    "head_layers",
     "losses",
     "metrics",
     "keras_metrics",
@@ -60,6 +66,8 @@ __all__ = [
     "PURE_TF_ENV",
     "bpmll_loss",
     "bpmll_loss_from_ids",
+    "bpmll_head_loss",
+    "bpmll_head_top_k",
     "ccc_loss",
     "correlation_loss",
     "build_info",
@@ -90,16 +98,21 @@ def __dir__():
 # --------------------------------------------------------------------------
 
 
+# The modules whose Keras classes saved models name.
+_KERAS_MODULES = ("losses", "keras_metrics")
+
+
 def _register_keras_classes():
-    try:
-        importlib.import_module(f"{__name__}.losses")
-    except Exception as e:  # a failure here must not break the user's `import keras`
-        warnings.warn(
-            f"tf_fused_losses could not register its Keras losses ({type(e).__name__}: {e}); "
-            f"`keras.models.load_model` will not find them until `tf_fused_losses.losses` imports.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    for module in _KERAS_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except Exception as e:  # a failure here must not break the user's `import keras`
+            warnings.warn(
+                f"tf_fused_losses could not register its Keras classes in {module} ({type(e).__name__}: {e}); "
+                f"`keras.models.load_model` will not find them until `tf_fused_losses.{module}` imports.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 class _KerasLoader(importlib.abc.Loader):

@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - another jax: the calls run replicated 
     str_to_sdy_sharding_rule = None
 
 from ._loader import check_cpu_isa
+from ._sequence_rows import ArrayFunctions, to_rows
 from ._validation import check_bpmll_arguments, check_sequence_arguments
 
 LIBRARY_NAME = "libtfl_core.so"
@@ -589,16 +590,18 @@ def bpmll_loss_from_ids(label_ids, y_pred, name=None):
     return _ids_jax.bpmll_loss_from_padded_ids(label_ids, y_pred)
 
 
-def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, corpus=False, name=None):
     """Per-step Pearson (concordance=False) or CCC (concordance=True) loss of
-    JAX arrays, shape (batch, steps), in y_pred's dtype.
+    JAX arrays, shape (batch, steps) or (batch, steps, targets), in y_pred's
+    dtype.
 
     As tf_fused_losses.correlation_loss / ccc_loss: y_pred (batch, steps) or
-    (batch, steps, 1), float16/bfloat16/float32/float64; y_true the same
-    (batch, steps), any numeric dtype, cast to y_pred's; epsilon a real
-    scalar >= 0 (at most the float32 maximum); mask optional (batch, steps),
-    bool or numeric, nonzero on valid steps. Gradients flow to y_pred and
-    y_true (y_true's computed only when it is differentiated); none to mask.
+    (batch, steps, targets), float16/bfloat16/float32/float64; y_true the
+    same, any numeric dtype, cast to y_pred's; epsilon a real scalar >= 0 (at
+    most the float32 maximum); mask optional (batch, steps), bool or numeric,
+    nonzero on valid steps; corpus=True correlates each target over all
+    valid steps of all rows. Gradients flow to y_pred and y_true (y_true's
+    computed only when it is differentiated); none to mask.
     """
     if not isinstance(concordance, (bool, np.bool_)):
         raise ValueError(f"concordance must be a bool; got {concordance!r}")
@@ -608,15 +611,13 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
     y_true = _as_array("y_true", y_true)
     if mask is not None:
         mask = _as_array("mask", mask)
-    epsilon, batch_steps = check_sequence_arguments(y_true, y_pred, epsilon, mask)
+    epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask, corpus)
     if y_true.dtype != y_pred.dtype:
         y_true = y_true.astype(y_pred.dtype)
     if mask is not None and mask.dtype != jnp.bool_:
         mask = mask != 0  # nonzero = valid
-    # (batch, steps, 1) as (batch, steps): a bitcast in XLA; the gradients
-    # take the input's shape back through the reshape.
-    if y_true.ndim == 3:
-        y_true = y_true.reshape(batch_steps)
-    if y_pred.ndim == 3:
-        y_pred = y_pred.reshape(batch_steps)
-    return _correlation(concordance, epsilon, y_true, y_pred, mask)
+    (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
+    return back(_correlation(concordance, epsilon, y_true, y_pred, mask))
+
+
+_ARRAY_FUNCTIONS = ArrayFunctions(jnp.transpose, jnp.reshape, jnp.broadcast_to, lambda x: list(x.shape))

@@ -24,6 +24,7 @@ import numpy as np
 import keras
 from keras import ops
 
+from ._sequence_rows import ArrayFunctions, to_rows
 from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments
 
 INF = float("inf")
@@ -228,11 +229,6 @@ def bpmll_loss_from_ids(label_ids, y_pred, name=None):
 # --------------------------------------------------------------------------
 
 
-def _as_steps(t):
-    """(batch, steps) view of a (batch, steps) or (batch, steps, 1) tensor."""
-    return ops.squeeze(t, axis=-1) if len(t.shape) == 3 else t
-
-
 def _correlation_rows(y, x, valid, epsilon, concordance):
     """Per-step loss (batch, steps) and the closed-form gradient function of
     a (batch, steps) pair in the accumulation dtype; valid is bool. The rule
@@ -308,7 +304,7 @@ def _correlation_rows(y, x, valid, epsilon, concordance):
     return loss, gradients
 
 
-def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, corpus=False, name=None):
     """Per-step Pearson (concordance=False) or CCC loss (batch, steps) in
     y_pred's dtype, with the fused ops' conventions
     (`_tf_pure.correlation_loss_pure_tf`'s rules in keras.ops). Inputs
@@ -319,9 +315,18 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
     y_true = ops.convert_to_tensor(y_true)
     if mask is not None:
         mask = ops.convert_to_tensor(mask)
-    epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask)
-    y_pred = _as_steps(y_pred)
-    y_true = _as_steps(y_true)
+    epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask, corpus)
+    if mask is not None and _dtype(mask) != "bool":
+        mask = ops.not_equal(mask, 0)  # nonzero = valid
+    (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
+    return back(_correlation_rows_loss(y_true, y_pred, epsilon, mask, concordance))
+
+
+_ARRAY_FUNCTIONS = ArrayFunctions(ops.transpose, ops.reshape, ops.broadcast_to, lambda x: list(ops.shape(x)))
+
+
+def _correlation_rows_loss(y_true, y_pred, epsilon, mask, concordance):
+    """The loss of (rows, length) pairs, mask bool or None."""
     out_dtype = _dtype(y_pred)
     acc = _accumulator(out_dtype)
     if _dtype(y_true) != out_dtype:
@@ -331,10 +336,7 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
     if _static_empty(x, y):
         return ops.cast(x * 0 + y * 0, out_dtype)  # no step anywhere: loss and gradients empty
     epsilon = float(np.float32(epsilon))
-    if mask is None:
-        valid = ops.ones_like(x, dtype="bool")
-    else:
-        valid = mask if _dtype(mask) == "bool" else ops.not_equal(mask, 0)
+    valid = ops.ones_like(x, dtype="bool") if mask is None else mask
 
     @ops.custom_gradient
     def loss_of(y, x):

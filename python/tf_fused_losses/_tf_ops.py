@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from . import _ids_tf, _loader, _tf_pure
 from ._loader import use_pure_tf
+from ._sequence_rows import ArrayFunctions, to_rows
 from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments
 
 
@@ -101,7 +102,7 @@ def padded_ids(label_ids):
 # --------------------------------------------------------------------------
 
 
-def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, name=None):
+def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, corpus=False, name=None):
     """`tf_fused_losses.correlation_loss` (concordance False) or `ccc_loss`
     (True) on TensorFlow; `name` names the scope."""
     with tf.name_scope(name or ("ccc_loss" if concordance else "correlation_loss")):
@@ -109,20 +110,31 @@ def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, name=None):
         y_true = tf.convert_to_tensor(y_true)
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
-        epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask)
+        epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask, corpus)
         if y_true.dtype != y_pred.dtype:
             y_true = tf.cast(y_true, y_pred.dtype)
         if mask is not None and not mask.dtype.is_bool:
             mask = tf.not_equal(mask, tf.zeros([], mask.dtype))  # nonzero = valid
+        (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
         if use_pure_tf():
             pure = _tf_pure.ccc_loss_pure_tf if concordance else _tf_pure.correlation_loss_pure_tf
-            return pure(y_true, y_pred, epsilon=epsilon, mask=mask)
+            return back(pure(y_true, y_pred, epsilon=epsilon, mask=mask))
         if mask is None:
             mask = tf.zeros([0], tf.bool)  # the op's "every step is valid"
         loss, _ = ops().fused_correlation_loss(
             y_true=y_true, y_pred=y_pred, mask=mask, concordance=concordance, epsilon=epsilon
         )
-        return loss
+        return back(loss)
+
+
+def _dims(x):
+    """Static dimensions where known, else the dynamic ones (tf.reshape
+    takes a mix)."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list())]
+
+
+_ARRAY_FUNCTIONS = ArrayFunctions(tf.transpose, tf.reshape, tf.broadcast_to, _dims)
 
 
 @tf.RegisterGradient("FusedCorrelationLoss")

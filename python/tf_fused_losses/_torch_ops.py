@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import _core_c_api as core
+from ._sequence_rows import ArrayFunctions, to_rows
 from ._validation import check_bpmll_arguments, check_padded_ids_arguments, check_sequence_arguments, dtype_name
 
 ROW_STATS = 5  # kCorrelationRowStats (cc/core/correlation/correlation_math.h)
@@ -319,7 +320,7 @@ def bpmll_loss_from_ids(label_ids, y_pred, name=None):
     return bpmll_loss(dense, y_pred)
 
 
-def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, name=None):
+def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, corpus=False, name=None):
     """Per-step Pearson (concordance=False) or CCC (concordance=True) loss of
     torch tensors, shape (batch, steps), in y_pred's dtype: the fused op
     tfl::correlation_loss.
@@ -337,15 +338,13 @@ def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=Fal
     y_true = _as_tensor("y_true", y_true, like=y_pred)
     if mask is not None:
         mask = _as_tensor("mask", mask, like=y_pred)
-    epsilon, batch_steps = check_sequence_arguments(y_true, y_pred, epsilon, mask)
+    epsilon, _ = check_sequence_arguments(y_true, y_pred, epsilon, mask, corpus)
     if y_true.dtype != y_pred.dtype:
         y_true = y_true.to(y_pred.dtype)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask != 0  # nonzero = valid
-    # (batch, steps, 1) as (batch, steps): a view; autograd takes the
-    # gradients back through it to the input's shape.
-    if y_true.dim() == 3:
-        y_true = y_true.reshape(batch_steps)
-    if y_pred.dim() == 3:
-        y_pred = y_pred.reshape(batch_steps)
-    return torch.ops.tfl.correlation_loss(y_true, y_pred, mask, epsilon, bool(concordance))[0]
+    (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
+    return back(torch.ops.tfl.correlation_loss(y_true, y_pred, mask, epsilon, bool(concordance))[0])
+
+
+_ARRAY_FUNCTIONS = ArrayFunctions(torch.permute, torch.reshape, torch.broadcast_to, lambda x: list(x.shape))

@@ -135,7 +135,7 @@ def check_epsilon(epsilon):
 # --------------------------------------------------------------------------
 
 BPMLL_LAYOUT = "(batch, labels)"
-SEQUENCE_LAYOUT = "(batch, steps) or (batch, steps, 1)"
+SEQUENCE_LAYOUT = "(batch, steps) or (batch, steps, targets)"
 
 
 @not_converted
@@ -171,32 +171,35 @@ def check_padded_ids_arguments(label_ids, y_pred):
         )
 
 
-def sequence_batch_steps(name, tensor):
-    """The static (batch, steps) of a (batch, steps[, 1]) input, checked;
-    (None, None) for an unknown rank."""
+def sequence_dims(name, tensor):
+    """The static (batch, steps, targets) of a (batch, steps[, targets])
+    input, checked (targets 1 for rank 2; None where unknown)."""
     dims = static_dims(tensor)
     if dims is None:
-        return (None, None)
-    if len(dims) not in (2, 3) or (len(dims) == 3 and dims[2] not in (None, 1)):
+        return (None, None, None)
+    if len(dims) not in (2, 3):
         raise ValueError(f"{name} must be {SEQUENCE_LAYOUT}; got shape {shape_text(tensor)}")
-    return dims[:2]
+    return (dims[0], dims[1], dims[2] if len(dims) == 3 else 1)
 
 
 @not_converted
-def check_sequence_arguments(y_true, y_pred, epsilon, mask):
+def check_sequence_arguments(y_true, y_pred, epsilon, mask, corpus=False):
     """The correlation losses' arguments (arrays converted, y_true not yet
-    cast): returns (epsilon as a float, the static (batch, steps))."""
+    cast): returns (epsilon as a float, the static (batch, steps)). A
+    (batch, steps) array and a (batch, steps, 1) one go together."""
     check_float_dtype("y_pred", y_pred)
     if not is_numeric(dtype_name(y_true.dtype)):
         raise ValueError(f"y_true must be numeric; got dtype {dtype_name(y_true.dtype)}")
-    true_steps = sequence_batch_steps("y_true", y_true)
-    pred_steps = sequence_batch_steps("y_pred", y_pred)
-    if not dims_compatible(true_steps, pred_steps):
+    if not isinstance(corpus, (bool, np.bool_)):
+        raise ValueError(f"corpus must be True or False; got {corpus!r}")
+    true_dims = sequence_dims("y_true", y_true)
+    pred_dims = sequence_dims("y_pred", y_pred)
+    if not dims_compatible(true_dims, pred_dims):
         raise ValueError(
-            f"y_true and y_pred must have the same (batch, steps); got y_true {shape_text(y_true)} and y_pred "
-            f"{shape_text(y_pred)}"
+            f"y_true and y_pred must have the same (batch, steps) and targets; got y_true {shape_text(y_true)} and "
+            f"y_pred {shape_text(y_pred)}"
         )
-    batch_steps = tuple(a if a is not None else b for a, b in zip(true_steps, pred_steps))
+    batch_steps = tuple(a if a is not None else b for a, b in zip(true_dims[:2], pred_dims[:2]))
     epsilon = check_epsilon(epsilon)
     if mask is not None:
         check_mask(mask, batch_steps)

@@ -97,9 +97,12 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
 
     _concordance = None
 
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None):
+    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name=None, dtype=None, corpus=False):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.epsilon = check_epsilon(epsilon)
+        if not isinstance(corpus, bool):
+            raise ValueError(f"corpus must be True or False; got {corpus!r}")
+        self.corpus = corpus
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Loss.__call__ converts y_pred before call(), which can drop the
@@ -117,12 +120,18 @@ class _SequenceCorrelationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         mask = getattr(_call_mask, "mask", None)
-        return _backend(y_pred, y_true, mask).correlation_loss(
-            y_true, y_pred, epsilon=self.epsilon, mask=mask, concordance=self._concordance
+        loss = _backend(y_pred, y_true, mask).correlation_loss(
+            y_true, y_pred, epsilon=self.epsilon, mask=mask, concordance=self._concordance, corpus=self.corpus
         )
+        if len(loss.shape) == 3:
+            # (batch, steps, targets): the targets' mean per step, so that
+            # Keras applies a (batch, steps) mask and sample weights as for
+            # one target, and every target weighs the same in the scalar.
+            loss = keras.ops.mean(loss, axis=-1)
+        return loss
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "epsilon": self.epsilon, "corpus": self.corpus}
 
 
 def _per_step_weights(sample_weight):
@@ -139,14 +148,18 @@ def _per_step_weights(sample_weight):
 @keras.saving.register_keras_serializable(package="tf_fused_losses")
 class CorrelationLoss(_SequenceCorrelationLoss):
     """Keras loss: per-step Pearson correlation loss (see `correlation_loss`)
-    for (batch, steps[, 1]) targets. sample_weight may be (batch,) or
-    (batch, steps); a Keras mask on y_pred restricts each row's moments to
-    its valid steps."""
+    for (batch, steps) or (batch, steps, targets) targets. sample_weight may
+    be (batch,) or (batch, steps); a Keras mask on y_pred restricts each
+    row's moments to its valid steps; corpus=True correlates each target
+    over the whole batch's valid steps (docs/reduction.md: how the per-step
+    loss, the mask and the reduction make the scalar)."""
 
     _concordance = False
 
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="correlation_loss", dtype=None):
-        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
+    def __init__(
+        self, epsilon=1e-7, reduction="sum_over_batch_size", name="correlation_loss", dtype=None, corpus=False
+    ):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype, corpus=corpus)
 
 
 @keras.saving.register_keras_serializable(package="tf_fused_losses")
@@ -156,5 +169,5 @@ class CCCLoss(_SequenceCorrelationLoss):
 
     _concordance = True
 
-    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="ccc_loss", dtype=None):
-        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype)
+    def __init__(self, epsilon=1e-7, reduction="sum_over_batch_size", name="ccc_loss", dtype=None, corpus=False):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype, corpus=corpus)
