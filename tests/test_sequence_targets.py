@@ -139,3 +139,30 @@ def test_a_masked_two_target_keras_model_trains_and_saves(rng, tmp_path):
     path = str(tmp_path / "corpus.keras")
     model.save(path)
     assert keras.models.load_model(path).loss.corpus is True
+
+
+@pytest.mark.parametrize("targets", [1, 2])
+def test_corpus_ccc_metric_streams_the_concatenated_corpus(rng, targets):
+    """CorpusCCC over batches equals numpy's concordance of all valid steps
+    of all batches at once (means far from 0 included), and resets."""
+    pytest.importorskip("keras")
+    import keras
+
+    from tf_fused_losses.keras_metrics import CorpusCCC
+
+    metric = CorpusCCC(targets=targets)
+    ys, xs, ms = [], [], []
+    for offset in (1000.0, 1003.0, 997.0):
+        y, x, mask = draw(rng, batch=4, steps=9, targets=targets)
+        y, x = (y + offset).astype(np.float32), (x + offset).astype(np.float32)
+        if targets == 1:
+            y, x = y[..., 0], x[..., 0]
+        metric.update_state(y, x, sample_weight=mask.astype(np.float32))
+        ys.append(y.reshape(4, 9, targets)[mask])
+        xs.append(x.reshape(4, 9, targets)[mask])
+    y_all, x_all = np.concatenate(ys).astype(np.float64), np.concatenate(xs).astype(np.float64)
+    want = np.mean([numpy_ccc(y_all[:, d], x_all[:, d], concordance=True) for d in range(targets)])
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(metric.result())), want, rtol=2e-4)
+    metric.reset_state()
+    assert float(keras.ops.convert_to_numpy(metric.result())) == 0.0
+    assert CorpusCCC.from_config(metric.get_config()).targets == targets

@@ -36,6 +36,7 @@ _EXPORTS = {
     "use_pure_tf": ("_loader", "use_pure_tf"),
     # Keras metrics (not in __all__: they import Keras); functions: `metrics`
     "AveragePrecision": ("keras_metrics", "AveragePrecision"),
+    "CorpusCCC": ("keras_metrics", "CorpusCCC"),
     "Coverage": ("keras_metrics", "Coverage"),
     "HammingLoss": ("keras_metrics", "HammingLoss"),
     "NDCGAtK": ("keras_metrics", "NDCGAtK"),

@@ -20,6 +20,7 @@ from . import metrics
 
 __all__ = [
     "AveragePrecision",
+    "CorpusCCC",
     "Coverage",
     "HammingLoss",
     "NDCGAtK",
@@ -221,3 +222,83 @@ class PSPrecisionAtK(_TopKMetric):
             "propensities": self.propensities.tolist(),
             "normalize": self.normalize,
         }
+
+
+@keras.saving.register_keras_serializable(package="tf_fused_losses")
+class CorpusCCC(keras.metrics.Metric):
+    """Lin's concordance correlation coefficient over every valid step of
+    every sequence seen since the last reset, as AVEC scores it (not a mean
+    of per-sequence values); with several targets ((batch, steps, targets)
+    inputs), the mean of the targets' coefficients.
+
+    sample_weight, (batch,) or (batch, steps), marks valid steps (nonzero;
+    e.g. a padding mask); it does not weigh them. Each batch's moments are
+    centred on the batch's own means and merged into the running ones by
+    Chan et al.'s pairwise update, so that long corpora with large means
+    keep their digits (raw sums of squares would cancel)."""
+
+    def __init__(self, targets=1, name="corpus_ccc", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
+            raise ValueError(f"targets must be an int >= 1; got {targets!r}")
+        self.targets = targets
+        names = ("count", "mean_true", "mean_pred", "m2_true", "m2_pred", "co_moment")
+        self._moments = [
+            self.add_variable(shape=(targets,), initializer="zeros", dtype=self.dtype, name=n) for n in names
+        ]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.cast(ops.convert_to_tensor(y_pred), self.dtype)
+        y_true = ops.cast(ops.convert_to_tensor(y_true), self.dtype)
+        if len(y_pred.shape) == 2:
+            y_pred, y_true = ops.expand_dims(y_pred, -1), ops.expand_dims(y_true, -1)
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.targets:
+            raise ValueError(f"CorpusCCC(targets={self.targets}) got y_pred of shape {tuple(y_pred.shape)}")
+        valid = ops.ones_like(y_pred[..., 0])
+        if sample_weight is not None:
+            weight = ops.convert_to_tensor(sample_weight)
+            if len(weight.shape) == 1:
+                weight = ops.expand_dims(weight, -1)
+            valid = ops.cast(ops.not_equal(weight, 0), self.dtype) * valid
+        valid = ops.expand_dims(valid, -1)  # (batch, steps, 1): every target
+        count = ops.sum(valid * ops.ones_like(y_pred), axis=(0, 1))
+        mean_true = ops.divide_no_nan(ops.sum(valid * y_true, axis=(0, 1)), count)
+        mean_pred = ops.divide_no_nan(ops.sum(valid * y_pred, axis=(0, 1)), count)
+        centred_true = valid * (y_true - mean_true)
+        centred_pred = valid * (y_pred - mean_pred)
+        batch = (
+            count,
+            mean_true,
+            mean_pred,
+            ops.sum(centred_true * centred_true, axis=(0, 1)),
+            ops.sum(centred_pred * centred_pred, axis=(0, 1)),
+            ops.sum(centred_true * centred_pred, axis=(0, 1)),
+        )
+        n_a, mt_a, mp_a, m2t_a, m2p_a, c_a = (ops.convert_to_tensor(v) for v in self._moments)
+        n_b, mt_b, mp_b, m2t_b, m2p_b, c_b = batch
+        n = n_a + n_b
+        share = ops.divide_no_nan(n_b, n)
+        cross = ops.divide_no_nan(n_a * n_b, n)
+        d_true, d_pred = mt_b - mt_a, mp_b - mp_a
+        merged = (
+            n,
+            mt_a + d_true * share,
+            mp_a + d_pred * share,
+            m2t_a + m2t_b + d_true * d_true * cross,
+            m2p_a + m2p_b + d_pred * d_pred * cross,
+            c_a + c_b + d_true * d_pred * cross,
+        )
+        for variable, value in zip(self._moments, merged):
+            variable.assign(value)
+
+    def result(self):
+        n, mean_true, mean_pred, m2_true, m2_pred, co_moment = (ops.convert_to_tensor(v) for v in self._moments)
+        gap = mean_true - mean_pred
+        return ops.mean(ops.divide_no_nan(2 * co_moment, m2_true + m2_pred + n * gap * gap))
+
+    def reset_state(self):
+        for variable in self._moments:
+            variable.assign(ops.zeros((self.targets,), self.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "targets": self.targets}
