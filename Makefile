@@ -3,9 +3,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 TF_PACKAGE ?= tensorflow-cpu==2.21.*
-# Where nvcc exists the CUDA kernels must build: a silently skipped CUDA build fails.
+# Where nvcc exists and compiles a probe kernel as the build does, the CUDA
+# kernels must build (a silently skipped CUDA build would fail CI); an nvcc
+# that cannot is skipped, saying why. TFL_CUDA=on|off decides instead.
 NVCC ?= $(wildcard /usr/local/cuda/bin/nvcc)
-TFL_CUDA ?= $(if $(NVCC),on,auto)
+ifeq ($(origin TFL_CUDA),undefined)
+TFL_CUDA := $(if $(NVCC),$(shell tools/cuda_probe.sh "$(NVCC)"),auto)
+endif
 export TFL_CUDA
 ifneq ($(NVCC),)
 export CUDACXX := $(NVCC)
@@ -31,12 +35,15 @@ BUILD_DIR := $(CURDIR)/build/cmake
 .PHONY: demo test install bench clean wheel
 
 $(STAMP): requirements-dev.txt
+	@tools/check_prereqs.sh $(PYTHON)
+	@echo "==> $(VENV): a virtual environment with $(TF_PACKAGE) and the test tools (about 700 MB of downloads)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "$(TF_PACKAGE)" -r requirements-dev.txt
+	$(PIP) install --progress-bar on "$(TF_PACKAGE)" -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+	@echo "==> building the libraries (CUDA: $(TFL_CUDA)) and installing the package into $(VENV); a first build takes minutes"
 	TFL_TF_PYTHONS=$(CURDIR)/$(PY) TFL_BUILD_DIR=$(BUILD_DIR) $(PIP) install --quiet --no-build-isolation --no-deps .
 
 demo: install
