@@ -66,26 +66,37 @@ def make_model(labels):
 
 
 class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
+    """Times each step; stops training once `budget_s` seconds have passed
+    after the warm-up steps (a slow machine gets fewer steps, not a longer
+    demo), keeping at least one timed step."""
+
+    def __init__(self, warmup, budget_s=None):
         super().__init__()
         self.seconds = []
+        self.warmup = warmup
+        self.budget_s = budget_s
 
     def on_train_batch_begin(self, batch, logs=None):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        timed = self.seconds[self.warmup:]
+        if self.budget_s is not None and timed and sum(timed) > self.budget_s:
+            self.model.stop_training = True
 
 
-def train(loss, x, y, batch, steps, warmup):
-    """Trains a fresh model for warmup + steps steps; returns it and the
-    median ms per step after warm-up (the first steps trace and allocate)."""
+def train(loss, x, y, batch, steps, warmup, budget_s=None):
+    """Trains a fresh model for warmup + steps steps, or fewer once the
+    timed steps pass budget_s seconds; returns it, the median ms per step
+    after warm-up (the first steps trace and allocate) and the timed steps."""
     model = make_model(y.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
     data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch, drop_remainder=True).prefetch(2)
-    timer = StepTimer()
+    timer = StepTimer(warmup, budget_s)
     model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
-    return model, 1e3 * float(np.median(timer.seconds[warmup:]))
+    timed = timer.seconds[warmup:]
+    return model, 1e3 * float(np.median(timed)), len(timed)
 
 
 def pair_tensor_gib(batch, labels):
@@ -117,6 +128,8 @@ def main():
     parser.add_argument("--steps", type=int, default=300, help="timed fused steps (they also train phase 4's model)")
     parser.add_argument("--seed-steps", type=int, default=10, help="timed steps of the seed's loss and at --big-labels")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps of each run")
+    parser.add_argument("--seed-seconds", type=float, default=20.0,
+                        help="time budget of the seed loss's timed steps (fewer steps on a slow machine)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -127,18 +140,19 @@ def main():
              f"{FEATURES} features, Dense {HIDDEN} + Dense(labels); {y.mean():.1%} positive labels")
 
     progress(f"\n[1/4] {args.labels} labels: fused BPMLLLoss vs the seed's pairwise loss (same model, data, Adam)")
-    fused_model, fused_ms = train(tfl.BPMLLLoss(), x, y, args.batch, args.steps, args.warmup)
+    fused_model, fused_ms, _ = train(tfl.BPMLLLoss(), x, y, args.batch, args.steps, args.warmup)
     progress(f"  fused BPMLLLoss          {fused_ms:8.1f} ms/step  (median of {args.steps} steps, "
              f"XLA {'on' if fused_model.jit_compile else 'off'})")
-    _, seed_ms = train(seed_pairwise_loss, x, y, args.batch, args.seed_steps, args.warmup)
-    progress(f"  seed pairwise loss       {seed_ms:8.1f} ms/step  (median of {args.seed_steps} steps; "
+    _, seed_ms, seed_steps = train(seed_pairwise_loss, x, y, args.batch, args.seed_steps, args.warmup,
+                                   budget_s=args.seed_seconds)
+    progress(f"  seed pairwise loss       {seed_ms:8.1f} ms/step  (median of {seed_steps} steps; "
              f"{pair_tensor_gib(args.batch, args.labels):.1f} GiB float64 pair tensor per step)")
     progress(f"  fused is {seed_ms / fused_ms:.0f}x faster per training step")
 
     progress(f"\n[2/4] {args.big_labels} labels: fused BPMLLLoss only")
     # Fewer samples than phase 1: here the label matrix alone is samples x 30000 floats.
     x_big, y_big = synthetic_multilabel(args.batch * 4, args.big_labels, rng)
-    _, big_ms = train(tfl.BPMLLLoss(), x_big, y_big, args.batch, args.seed_steps, args.warmup)
+    _, big_ms, _ = train(tfl.BPMLLLoss(), x_big, y_big, args.batch, args.seed_steps, args.warmup)
     progress(f"  fused BPMLLLoss          {big_ms:8.1f} ms/step  (median of {args.seed_steps} steps)")
     try:
         memory = f" (this machine has {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB)"
