@@ -296,3 +296,21 @@ def test_summary_is_the_readme_table():
     lines = report.summary_markdown(table)
     assert lines[0] == "| case | fused | pure TF XLA | seed pairwise | JAX fused (ffi) | JAX pure (jit) |"
     assert lines[2] == "| BP-MLL 256\u00d730000 | 5.85 | 19.7 | needs 1.8 TB | 6.10 | 28.3 |"
+
+
+def test_extreme_label_section_times_ids_and_dense_labels(tmp_path):
+    """bench/extreme_labels.py at a tiny shape: a row per form and pass, and
+    the ids read a small fraction of the dense labels' bytes."""
+    out = tmp_path / "extreme.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.join(ROOT, "bench", "extreme_labels.py"), "--batch", "8", "--labels", "40000",
+               "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["form"], r["pass"]) for r in rows} == {
+        (form, mode) for form in ("ids (int32, padded)", "dense uint8", "dense float32") for mode in ("fwd", "fwd+bwd")
+    }
+    ids_bytes = next(r["label_bytes"] for r in rows if r["form"].startswith("ids"))
+    float_bytes = next(r["label_bytes"] for r in rows if r["form"] == "dense float32")
+    assert ids_bytes * 1000 <= float_bytes
