@@ -116,8 +116,12 @@ def _check_k(k):
 
 
 def _arguments(y_true, y_pred, label_ids):
-    """y_true and y_pred as tensors of the Keras backend, checked."""
+    """y_true and y_pred as tensors of the Keras backend, checked. Ragged
+    ids (tf.RaggedTensor, straight from tf.data, as BPMLLLoss(label_ids=True)
+    takes them) are padded with -1."""
     y_pred = ops.convert_to_tensor(y_pred)
+    if label_ids and type(y_true).__name__ == "RaggedTensor":
+        y_true = y_true.to_tensor(default_value=-1)
     y_true = ops.convert_to_tensor(y_true)
     if _dtype(y_pred) not in ("float16", "bfloat16", "float32", "float64"):
         raise ValueError(f"y_pred must be float16, bfloat16, float32 or float64; got dtype {_dtype(y_pred)}")
