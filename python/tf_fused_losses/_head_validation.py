@@ -1,0 +1,79 @@
+"""Trace-time checks of the fused BP-MLL head's arguments and its default
+chunk size, one wording for the TF and JAX heads (_head_tf, _head_jax);
+framework-free, as _validation."""
+
+from ._validation import (
+    check_float_dtype,
+    check_label_dtype,
+    check_rank,
+    dims_compatible,
+    dtype_name,
+    shape_text,
+    static_dims,
+)
+
+# float32 scratch a chunk may hold: the forward keeps about three
+# (batch, chunk) arrays alive at once (the chunk's logits and its two sets of
+# log-domain terms), the backward about as many (logits, dlogits, labels).
+DEFAULT_SCRATCH_BYTES = 64 << 20
+_LIVE_CHUNK_ARRAYS = 3
+ID_DTYPES = ("int32", "int64")
+
+
+def check_head_arguments(labels, hidden, kernel, bias, label_ids):
+    """hidden (batch, d) and kernel (d, labels) floating with a known label
+    count, bias (labels,) floating or None, labels (batch, labels) of a
+    label dtype or, with label_ids, (batch, K) int32/int64 ids. Returns the
+    label count."""
+    check_float_dtype("hidden", hidden)
+    check_float_dtype("kernel", kernel)
+    check_rank("hidden", hidden, (2,), "(batch, d)")
+    check_rank("kernel", kernel, (2,), "(d, labels)")
+    kernel_dims = static_dims(kernel)
+    if kernel_dims is None or kernel_dims[1] is None:
+        raise ValueError(f"kernel's label count must be known when the head is traced; got shape {shape_text(kernel)}")
+    hidden_dims = static_dims(hidden)
+    if hidden_dims is not None and not dims_compatible(hidden_dims[1:], kernel_dims[:1]):
+        raise ValueError(
+            f"hidden (batch, d) and kernel (d, labels) must agree on d; got hidden {shape_text(hidden)} and "
+            f"kernel {shape_text(kernel)}"
+        )
+    if bias is not None:
+        check_float_dtype("bias", bias)
+        if not dims_compatible(static_dims(bias), kernel_dims[1:]):
+            raise ValueError(f"bias must have shape ({kernel_dims[1]},); got {shape_text(bias)}")
+    if label_ids:
+        got = dtype_name(labels.dtype)
+        if got not in ID_DTYPES:
+            raise ValueError(f"label ids must be int32 or int64; got dtype {got}")
+        check_rank("label ids", labels, (2,), "(batch, ids) padded with -1")
+    else:
+        check_label_dtype("labels", labels)
+        check_rank("labels", labels, (2,), "(batch, labels)")
+        label_dims = static_dims(labels)
+        if label_dims is not None and not dims_compatible(label_dims[1:], kernel_dims[1:]):
+            raise ValueError(
+                f"labels (batch, labels) and kernel (d, labels) must agree on labels; got labels "
+                f"{shape_text(labels)} and kernel {shape_text(kernel)}"
+            )
+    label_dims = static_dims(labels)
+    if hidden_dims is not None and label_dims is not None and not dims_compatible(label_dims[:1], hidden_dims[:1]):
+        raise ValueError(
+            f"labels and hidden must have the same batch size; got labels {shape_text(labels)} and hidden "
+            f"{shape_text(hidden)}"
+        )
+    return kernel_dims[1]
+
+
+def chunk_width(chunk_size, batch, label_count):
+    """The label chunk's width: chunk_size where given (a positive int),
+    else what DEFAULT_SCRATCH_BYTES of float32 scratch allows at this batch
+    (batch unknown when traced: taken as 1024), at least 128 and at most the
+    label count."""
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+        return min(chunk_size, label_count) if label_count else 1
+    rows = batch if batch else 1024
+    width = DEFAULT_SCRATCH_BYTES // (4 * rows * _LIVE_CHUNK_ARRAYS)
+    return max(1, min(max(width, 128), label_count))

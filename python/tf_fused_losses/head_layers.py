@@ -1,0 +1,157 @@
+"""`BPMLLHead`: a Keras layer that replaces the last Dense plus `BPMLLLoss`
+for very many labels, training on the fused head (`head.bpmll_head_loss`),
+which never holds the (batch, labels) logits.
+
+Importing this module imports Keras (and its backend's framework). Keras
+finds the class as "tf_fused_losses>BPMLLHead" once this module is imported
+(`tf_fused_losses.BPMLLHead` imports it).
+
+Training takes the labels as a second model input, so the loss is added by
+the layer and the model is compiled without one:
+
+    features = keras.Input((n_features,))
+    labels = keras.Input((K,), dtype="int32")       # padded ids (-1), or
+                                                    # (units,) dense labels
+    hidden = keras.layers.Dense(256, activation="relu")(features)
+    head = BPMLLHead(670_091, label_ids=True)
+    per_row_loss = head(hidden, labels=labels)
+    trainer = keras.Model([features, labels], per_row_loss)
+    trainer.compile(optimizer="adam")                # no loss: the head adds it
+    trainer.fit((x, label_ids), epochs=...)          # or a tf.data of ((x, ids),)
+
+    predictor = keras.Model(features, head(hidden))  # same weights: logits,
+                                                     # or the top-k ids with top_k
+
+With labels, the layer adds the batch mean of the per-row loss
+(`add_loss`) and returns the per-row loss (batch,) rather than the logits,
+which it never computes. Without labels it returns the logits, or with
+`top_k` the ids of the k best labels per row, found chunk by chunk
+(`top_k_scores_and_ids` gives their scores too). One tensor either way:
+Keras checks a functional model's outputs against the structure of the
+layer's first call, so a layer called for training (one tensor) and for
+inference in two models must return one tensor in both.
+
+Why two inputs rather than `fit(x, y)` with a compiled loss: a Keras loss
+sees only (y_true, y_pred), so y_pred would have to be the logits (the
+memory this layer exists to avoid), or the loss would read the layer's
+variables from outside the model's call, which the JAX backend's stateless
+training step does not allow. The labels as an input work alike on every
+backend, in fit, evaluate and a custom loop, and save with the model.
+"""
+
+import keras
+from keras import ops
+
+from . import head
+
+__all__ = ["BPMLLHead"]
+
+
+@keras.saving.register_keras_serializable(package="tf_fused_losses")
+class BPMLLHead(keras.layers.Layer):
+    """A Dense layer of `units` labels whose training loss is BP-MLL,
+    computed fused with the layer (`head.bpmll_head_loss`).
+
+    Args:
+      units: the label count.
+      chunk_size: label columns per chunk (default: `bpmll_head_loss`'s,
+        from a 64 MiB scratch budget).
+      top_k: at inference, return the ids (int32) of the k best labels per
+        row, best first, instead of the logits.
+      label_ids: the labels input holds padded label ids (-1 padding)
+        rather than a dense (batch, units) matrix.
+      use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer: as for Dense.
+
+    call(inputs, labels=None): with labels, adds mean-over-batch BP-MLL
+    with `add_loss` and returns the per-row loss (batch,); without,
+    returns logits (batch, units) or, with top_k, the top-k ids
+    (batch, top_k). Computes in the layer's compute dtype (mixed precision:
+    the kernel is cast to it; the head accumulates in float32).
+    """
+
+    def __init__(
+        self,
+        units,
+        chunk_size=None,
+        top_k=None,
+        label_ids=False,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.top_k = None if top_k is None else int(top_k)
+        self.label_ids = bool(label_ids)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+    def build(self, inputs_shape, labels_shape=None):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(inputs_shape[-1], self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.units,), initializer=self.bias_initializer, regularizer=self.bias_regularizer
+            )
+
+    def _weights_in_compute_dtype(self):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        bias = None if self.bias is None else ops.cast(self.bias, self.compute_dtype)
+        return kernel, bias
+
+    def call(self, inputs, labels=None):
+        kernel, bias = self._weights_in_compute_dtype()
+        inputs = ops.cast(inputs, self.compute_dtype)
+        if labels is not None:
+            per_row = head.bpmll_head_loss(labels, inputs, kernel, bias, label_ids=self.label_ids, chunk_size=self.chunk_size)
+            # Mean over the batch (Keras' default reduction), in float32
+            # whatever the compute dtype, as Keras adds losses.
+            self.add_loss(ops.mean(ops.cast(per_row, "float32")))
+            return per_row
+        if self.top_k:
+            return self.top_k_scores_and_ids(inputs)[1]
+        logits = ops.matmul(inputs, kernel)
+        return logits if bias is None else logits + bias
+
+    def top_k_scores_and_ids(self, inputs, k=None):
+        """(scores, ids) of the k (default top_k) largest logits per row,
+        (batch, k) each, best first, computed chunk by chunk."""
+        kernel, bias = self._weights_in_compute_dtype()
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return head.bpmll_head_top_k(inputs, kernel, bias, k=k or self.top_k, chunk_size=self.chunk_size)
+
+    def compute_output_spec(self, inputs, labels=None):
+        batch = inputs.shape[0]
+        if labels is not None:
+            return keras.KerasTensor((batch,), dtype=self.compute_dtype)
+        if self.top_k:
+            return keras.KerasTensor((batch, self.top_k), dtype="int32")
+        return keras.KerasTensor((batch, self.units), dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            chunk_size=self.chunk_size,
+            top_k=self.top_k,
+            label_ids=self.label_ids,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+        )
+        return config

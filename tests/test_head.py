@@ -1,0 +1,221 @@
+"""The fused linear BP-MLL head on TensorFlow (python/tf_fused_losses/head.py,
+_head_tf.py) and its Keras layer (head_layers.BPMLLHead): the per-row loss
+and the gradients of hidden, kernel and bias against the unfused path
+(`bpmll_loss` of hidden @ kernel + bias, autodiff), on dense labels (0/1 and
+soft) and padded ids, chunk sizes that do and do not divide the label count,
+batch 0 and 1, rows without pairs, NaN rows, eagerly, under tf.function and
+jit_compile; the top-k over chunks; a Keras model trained on padded ids from
+tf.data and on dense labels, saved to .keras and loaded again."""
+
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+import tf_fused_losses as tfl  # noqa: E402
+from tf_fused_losses import head  # noqa: E402
+from tf_fused_losses.head_layers import BPMLLHead  # noqa: E402
+
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 2e-5  # max abs error over the gradient's max abs value
+
+
+def ids_and_dense(rng, batch, labels, per_row, width):
+    """Padded ids (batch, width), with -1 padding, a repeated id and a
+    padding-only row, and the 0/1 matrix they stand for."""
+    ids = np.full((batch, width), -1, np.int32)
+    for i in range(batch):
+        chosen = rng.choice(labels, min(per_row, labels), replace=False)
+        ids[i, : len(chosen)] = chosen
+    if batch > 2:
+        ids[1] = -1  # no positive: loss 0
+        ids[2, -1] = ids[2, 0]  # a repeat counts once
+    rng.shuffle(ids, axis=1)
+    dense = np.zeros((batch, labels), np.float32)
+    for i, row in enumerate(ids):
+        dense[i, row[row >= 0]] = 1
+    return ids, dense
+
+
+def problem(rng, batch=6, d=5, labels=23, dtype=np.float32):
+    hidden = rng.normal(size=(batch, d)).astype(dtype)
+    kernel = (0.5 * rng.normal(size=(d, labels))).astype(dtype)
+    bias = (0.3 * rng.normal(size=(labels,))).astype(dtype)
+    return hidden, kernel, bias
+
+
+def unfused(dense, hidden, kernel, bias, upstream):
+    hidden, kernel, bias = (tf.constant(a) for a in (hidden, kernel, bias))
+    with tf.GradientTape() as tape:
+        tape.watch([hidden, kernel, bias])
+        loss = tfl.bpmll_loss(tf.constant(dense), tf.matmul(hidden, kernel) + bias)
+        total = tf.reduce_sum(loss * upstream)
+    return [loss] + tape.gradient(total, [hidden, kernel, bias])
+
+
+def fused(labels, hidden, kernel, bias, upstream, wrap, **kwargs):
+    def run(labels, hidden, kernel, bias):
+        with tf.GradientTape() as tape:
+            tape.watch([hidden, kernel, bias])
+            loss = head.bpmll_head_loss(labels, hidden, kernel, bias, **kwargs)
+            total = tf.reduce_sum(loss * upstream)
+        return [loss] + tape.gradient(total, [hidden, kernel, bias])
+
+    return wrap(run)(tf.constant(labels), *(tf.constant(a) for a in (hidden, kernel, bias)))
+
+
+WRAPS = {
+    "eager": lambda f: f,
+    "tf.function": tf.function,
+    "jit_compile": lambda f: tf.function(f, jit_compile=True),
+}
+
+
+def assert_matches(got, want):
+    got = [np.asarray(g) for g in got]
+    want = [np.asarray(w) for w in want]
+    np.testing.assert_allclose(got[0], want[0], rtol=LOSS_RTOL, atol=0)
+    for name, g, w in zip(("hidden", "kernel", "bias"), got[1:], want[1:]):
+        assert g.shape == w.shape, name
+        scale = max(np.max(np.abs(w)), np.finfo(np.float32).tiny) if w.size else 1
+        error = np.max(np.abs(g - w)) / scale if w.size else 0
+        assert error <= GRAD_RTOL, f"d/d{name}: max abs error {error:.3g} of its scale"
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS))
+@pytest.mark.parametrize("chunk_size", [None, 4, 7, 23, 64])
+@pytest.mark.parametrize("form", ["ids", "dense", "soft"])
+def test_head_matches_the_unfused_loss_and_gradients(rng, form, chunk_size, wrap):
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    if form == "soft":
+        dense = rng.uniform(size=dense.shape).astype(np.float32) * (rng.uniform(size=dense.shape) < 0.4)
+        dense[3] = 1  # every label positive: no pairs
+    upstream = tf.constant(np.linspace(0.5, 2.0, 6), tf.float32)
+    labels = ids if form == "ids" else dense
+    got = fused(labels, hidden, kernel, bias, upstream, WRAPS[wrap], label_ids=form == "ids", chunk_size=chunk_size)
+    assert_matches(got, unfused(dense, hidden, kernel, bias, upstream))
+    pairless = 3 if form == "soft" else 1
+    assert got[0][pairless] == 0 and not np.any(np.asarray(got[1])[pairless]), "no pairs: loss 0 and gradient 0"
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_batch_zero_and_one(rng, batch, form):
+    hidden, kernel, bias = problem(rng, batch=batch)
+    ids, dense = ids_and_dense(rng, batch, 23, 4, 5)
+    upstream = tf.ones([batch])
+    for wrap in WRAPS.values():
+        got = fused(ids if form == "ids" else dense, hidden, kernel, bias, upstream, wrap, label_ids=form == "ids", chunk_size=5)
+        assert got[0].shape == (batch,)
+        assert_matches(got, unfused(dense, hidden, kernel, bias, upstream))
+
+
+def test_without_bias_and_with_ragged_ids(rng):
+    hidden, kernel, _ = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 3, 4)
+    ragged = tf.ragged.constant([[int(i) for i in row if i >= 0] for row in ids], dtype=tf.int64)
+    got = head.bpmll_head_loss(ragged, hidden, kernel, label_ids=True, chunk_size=6)
+    want = tfl.bpmll_loss(dense, hidden @ kernel)
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL)
+
+
+def test_float64_and_mixed_precision(rng):
+    hidden, kernel, bias = problem(rng, dtype=np.float64)
+    _, dense = ids_and_dense(rng, 6, 23, 5, 6)
+    upstream = tf.ones([6], tf.float64)
+    got = fused(dense, hidden, kernel, bias, upstream, tf.function, chunk_size=5)
+    want = unfused(dense, hidden, kernel, bias, upstream)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    # bfloat16 kernel: logits in bfloat16, the row statistics in float32.
+    half = [tf.cast(a, tf.bfloat16) for a in (hidden, kernel, bias)]
+    loss = head.bpmll_head_loss(dense, *half, chunk_size=5)
+    assert loss.dtype == tf.bfloat16
+    want = tfl.bpmll_loss(dense, tf.matmul(half[0], half[1]) + half[2])
+    np.testing.assert_allclose(tf.cast(loss, tf.float32), tf.cast(want, tf.float32), rtol=2e-2)
+
+
+def test_nan_logits_and_bad_ids_give_their_row_nan(rng):
+    hidden, kernel, bias = problem(rng)
+    hidden[0, 1] = np.nan
+    ids, dense = ids_and_dense(rng, 6, 23, 3, 4)
+    ids[4, 0] = 23  # outside [0, 23): NaN on this path, which may run under XLA
+    for wrap in (WRAPS["eager"], WRAPS["jit_compile"]):
+        loss, dhidden, dkernel, _ = fused(ids, hidden, kernel, bias, tf.ones([6]), wrap, label_ids=True, chunk_size=5)
+        loss = np.asarray(loss)
+        assert np.isnan(loss[0]) and np.isnan(loss[4])
+        assert np.all(np.isnan(np.asarray(dhidden)[4]))
+        rest = [1, 2, 3, 5]
+        dense_rest = dense[rest]
+        want = tfl.bpmll_loss(dense_rest, hidden[rest] @ kernel + bias)
+        np.testing.assert_allclose(loss[rest], want, rtol=LOSS_RTOL)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match=r"agree on d"):
+        head.bpmll_head_loss(tf.zeros([2, 4]), tf.zeros([2, 3]), tf.zeros([5, 4]))
+    with pytest.raises(ValueError, match=r"label ids must be int32 or int64"):
+        head.bpmll_head_loss(tf.zeros([2, 4]), tf.zeros([2, 3]), tf.zeros([3, 4]), label_ids=True)
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive int"):
+        head.bpmll_head_loss(tf.zeros([2, 4]), tf.zeros([2, 3]), tf.zeros([3, 4]), chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 8, 23])
+def test_top_k_over_chunks(rng, chunk_size):
+    hidden, kernel, bias = problem(rng)
+    scores, ids = tf.function(lambda h: head.bpmll_head_top_k(h, kernel, bias, k=4, chunk_size=chunk_size))(hidden)
+    want = tf.math.top_k(hidden @ kernel + bias, 4)
+    np.testing.assert_allclose(scores, want.values, rtol=1e-6)
+    np.testing.assert_array_equal(ids, want.indices)
+
+
+# --------------------------------------------------------------------------
+# The Keras layer
+# --------------------------------------------------------------------------
+
+
+def trainer(units, label_width, label_ids, label_dtype, chunk_size=16):
+    features = keras.Input((10,))
+    labels = keras.Input((label_width,), dtype=label_dtype)
+    hidden = keras.layers.Dense(16, activation="relu")(features)
+    layer = BPMLLHead(units, label_ids=label_ids, chunk_size=chunk_size, top_k=3)
+    model = keras.Model([features, labels], layer(hidden, labels=labels))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    return model, keras.Model(features, layer(hidden)), keras.Model(features, hidden), layer
+
+
+def test_keras_trains_on_padded_ids_from_tf_data_and_round_trips(rng, tmp_path):
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(128, 10)).astype(np.float32)
+    ids, dense = ids_and_dense(rng, 128, 50, 3, 5)
+    model, predictor, features_to_hidden, layer = trainer(50, 5, True, "int32")
+    data = tf.data.Dataset.from_tensor_slices(((x, ids),)).batch(32)
+    before = model.evaluate(data, verbose=0)
+    history = model.fit(data, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < before
+    # The layer's loss is the mean of the unfused loss of its logits.
+    logits = features_to_hidden(x) @ layer.kernel + layer.bias
+    np.testing.assert_allclose(model.evaluate((x, ids), batch_size=128, verbose=0), np.mean(tfl.bpmll_loss(dense, logits)), rtol=1e-5)
+    top = predictor.predict(x, verbose=0)
+    want = tf.math.top_k(logits, 3)
+    np.testing.assert_array_equal(top, want.indices)
+    scores, _ = layer.top_k_scores_and_ids(features_to_hidden(x))
+    np.testing.assert_allclose(scores, want.values, rtol=1e-6)
+    path = os.path.join(tmp_path, "head.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.evaluate((x, ids), batch_size=128, verbose=0), model.evaluate((x, ids), batch_size=128, verbose=0), rtol=1e-6)
+    assert loaded.layers[-1].get_config()["label_ids"] is True
+
+
+def test_keras_trains_on_dense_labels(rng):
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(96, 10)).astype(np.float32)
+    _, dense = ids_and_dense(rng, 96, 40, 4, 4)
+    model = trainer(40, 40, False, "float32", chunk_size=None)[0]
+    before = model.evaluate((x, dense), verbose=0)
+    model.fit((x, dense), batch_size=32, epochs=4, verbose=0)
+    assert model.evaluate((x, dense), verbose=0) < before
