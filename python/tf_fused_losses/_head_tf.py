@@ -99,7 +99,7 @@ class _Labels:
             log_pos = tf.where(positive, -c, neg_inf)
             log_neg = tf.where(negative, c, neg_inf)
             return positive, negative, log_pos, log_neg, None
-        raw = tf.slice(self.labels, [0, start], [-1, width])
+        raw = _columns(self.labels, start, width)
         y = tf.cast(raw, self.acc)
         positive = y > 0
         negative = y < 1
@@ -135,8 +135,16 @@ def _chunks(width, label_count, step, carry):
     return tuple(carry)
 
 
+def _columns(matrix, start, width):
+    """matrix[:, start:start + width] for a traced start. The row count is
+    spelled out, not -1: TF's XLA lowering of a slice whose size reads -1
+    with a traced begin pads the whole input to twice its size in each
+    dimension first (four copies of the kernel)."""
+    return tf.slice(matrix, tf.stack([0, start]), tf.stack([tf.shape(matrix)[0], width]))
+
+
 def _chunk_logits(hidden, kernel, bias, start, width, acc):
-    kernel_chunk = tf.slice(kernel, [0, start], [-1, width])
+    kernel_chunk = _columns(kernel, start, width)
     logits = tf.matmul(hidden, kernel_chunk) + tf.slice(bias, [start], [width])
     return kernel_chunk, tf.cast(logits, acc)
 
@@ -340,7 +348,7 @@ def bpmll_head_top_k(hidden, kernel, bias=None, *, k, chunk_size=None):
 
     def step(start, width, carry):
         scores, ids = carry
-        logits = tf.matmul(hidden, tf.slice(kernel, [0, start], [-1, width])) + tf.slice(bias, [start], [width])
+        logits = tf.matmul(hidden, _columns(kernel, start, width)) + tf.slice(bias, [start], [width])
         chunk_scores, chunk_ids = tf.math.top_k(logits, k=min(k, width))
         both_scores = tf.concat([scores, chunk_scores], axis=1)
         both_ids = tf.concat([ids, chunk_ids + start], axis=1)
