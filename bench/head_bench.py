@@ -23,6 +23,7 @@ every variant alike.
 
   python bench/head_bench.py --labels 32768            # all variants
   python bench/head_bench.py --labels 670091 --variants head-ids:xla --steps 1
+  build/venv-jax/bin/python bench/head_bench.py --jax-memory   # JAX: XLA's temporaries
 """
 
 import argparse
@@ -153,6 +154,36 @@ def worker(args):
     )
 
 
+def jax_compiled_memory(args):
+    """JAX (run with a JAX environment): XLA's temporary bytes of the
+    compiled gradient step, head against unfused, on padded ids; compiled
+    only, nothing runs (XLA's own accounting, not a measured peak)."""
+    import jax
+    import jax.numpy as jnp
+
+    import tf_fused_losses as tfl
+    from tf_fused_losses import head
+
+    shapes = [
+        jax.ShapeDtypeStruct(shape, dtype)
+        for shape, dtype in (
+            ((args.batch, args.ids_width), jnp.int32),
+            ((args.batch, args.d), jnp.float32),
+            ((args.d, args.labels), jnp.float32),
+            ((args.labels,), jnp.float32),
+        )
+    ]
+    losses = {
+        "unfused-ids": lambda ids, h, w, b: tfl.bpmll_loss_from_ids(ids, h @ w + b),
+        "head-ids": lambda ids, h, w, b: head.bpmll_head_loss(ids, h, w, b, label_ids=True, chunk_size=args.chunk_size),
+    }
+    print(f"JAX, batch {args.batch}, d {args.d}, labels {args.labels}: XLA temporaries of the gradient step")
+    for name, loss in losses.items():
+        step = jax.jit(jax.grad(lambda ids, h, w, b: jnp.mean(loss(ids, h, w, b)), argnums=(1, 2, 3)))
+        memory = step.lower(*shapes).compile().memory_analysis()
+        print(f"{name:<14} temp {memory.temp_size_in_bytes / 2**20:9.0f} MB   output {memory.output_size_in_bytes / 2**20:7.0f} MB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, default=670_091)
@@ -163,14 +194,17 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--jax-memory", action="store_true", help="JAX: XLA's temporaries of head and unfused steps")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.jax_memory:
+        return jax_compiled_memory(args)
     if args.worker:
         return worker(args)
     rows = []
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--worker", variant] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "variants") and v is not None
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "variants", "jax_memory") and v is not None
         ]
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
