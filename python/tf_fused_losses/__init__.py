@@ -100,7 +100,7 @@ def __dir__():
 
 
 # The modules whose Keras classes saved models name.
-_KERAS_MODULES = ("losses", "keras_metrics")
+_KERAS_MODULES = ("losses", "keras_metrics", "head_layers")
 
 
 def _register_keras_classes():
