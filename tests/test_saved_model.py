@@ -130,9 +130,20 @@ def test_keras_file_needs_only_the_import(reloaded):
     expected, outcomes, results, _ = reloaded
     bare = outcomes["bare"]["keras"]
     assert bare.startswith("TypeError: Could not locate class 'BPMLLLoss'")
-    assert "'module': 'tf_fused_losses.bpmll'" in bare  # Keras names the module to import
+    assert "'module': 'tf_fused_losses.losses'" in bare  # Keras names the module to import
     assert outcomes["imported"]["keras"] == "ok"
     np.testing.assert_allclose(results["keras/evaluate"], expected["keras/evaluate"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("module, name", [("tf_fused_losses.bpmll", "BPMLLLoss"), ("tf_fused_losses.correlation", "CCCLoss")])
+def test_files_saved_when_the_classes_lived_in_bpmll_and_correlation_still_load(module, name):
+    """Until the layering the classes said they lived in `bpmll` and
+    `correlation`; files saved then name those modules. Keras finds the
+    classes by their registered names first."""
+    config = {"module": module, "class_name": name, "config": {"name": "x", "reduction": "sum"},
+              "registered_name": f"tf_fused_losses>{name}"}
+    loss = keras.saving.deserialize_keras_object(config)
+    assert type(loss).__name__ == name and loss.reduction == "sum"
 
 
 @pytest.mark.parametrize("kind", LOSS_KINDS)

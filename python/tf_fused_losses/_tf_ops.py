@@ -115,7 +115,14 @@ def correlation_loss(y_true, y_pred, *, epsilon, mask, concordance, corpus=False
             y_true = tf.cast(y_true, y_pred.dtype)
         if mask is not None and not mask.dtype.is_bool:
             mask = tf.not_equal(mask, tf.zeros([], mask.dtype))  # nonzero = valid
-        (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
+        if y_true.shape.rank is None or y_pred.shape.rank is None:
+            # The layout is known only at run time: the op takes (batch,
+            # steps[, 1]) as it comes and checks it then.
+            if corpus:
+                raise ValueError("corpus=True needs y_true and y_pred of known rank (the rows are laid out at trace time)")
+            back = tf.identity
+        else:
+            (y_true, y_pred, mask), back = to_rows(_ARRAY_FUNCTIONS, y_true, y_pred, mask, corpus)
         if use_pure_tf():
             pure = _tf_pure.ccc_loss_pure_tf if concordance else _tf_pure.correlation_loss_pure_tf
             return back(pure(y_true, y_pred, epsilon=epsilon, mask=mask))
