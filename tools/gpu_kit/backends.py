@@ -276,7 +276,8 @@ def host_ffi_build(jax_include, isas=None):
     common = ["-std=c++17", "-fPIC", "-pthread", "-Wall", "-Wno-sign-compare", "-Wno-unused-function"]
     if isas is None:
         isas = list(ISA_FLAGS) if platform.machine() in ("x86_64", "AMD64") else ["isa_baseline"]
-    sources = sorted(glob.glob(os.path.join(ROOT, "cc", "core", "*", "*.cc")))
+    # The core's CPU sources: its .cu.cc files (the CUDA C entry points) need the CUDA toolkit.
+    sources = sorted(s for s in glob.glob(os.path.join(ROOT, "cc", "core", "*", "*.cc")) if not s.endswith(".cu.cc"))
     chunks = [s for s in sources if s.endswith("_cpu_chunks.cc")]
     others = [s for s in sources if not s.endswith("_cpu_chunks.cc")] + [os.path.join(XLA_DIR, "ffi_host_handlers.cc")]
     jobs, objects = [], []
