@@ -171,11 +171,28 @@ class AnyCPythonWheel(bdist_wheel):
             Generator(f, policy=policy).flatten(message)
 
 
+def pypi_long_description():
+    """The README as PyPI shows it. Its relative links (docs/*.md, #sections)
+    would break on the PyPI page, and the project has no public home to make
+    them absolute, so each becomes its text plus where the file is: the docs
+    ship in the sdist (MANIFEST.in)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+
+    def plain(match):
+        label, target = match.group(1), match.group(2)
+        if target.startswith("#"):
+            return label
+        return label if label == f"`{target}`" or label == target else f"{label} (`{target}` in the source distribution)"
+
+    return re.sub(r"\[([^\]]+)\]\((?!https?://)([^)]+)\)", plain, text)
+
+
 setup(
     name="tf-fused-losses",
     version=read_version(),
     description="Fused CPU/CUDA kernels for the BP-MLL ranking loss and correlation/CCC losses: TensorFlow ops, XLA FFI handlers, Keras losses on TensorFlow, JAX and PyTorch",
-    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description=pypi_long_description(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     license_files=["LICENSE"],

@@ -196,7 +196,7 @@ def test_gpu_is_cuda_for_the_handlers(jax_ops, monkeypatch):
 LAYERS = [
     ("base", {"_loader", "_validation", "_head_validation", "_sequence_rows"}),
     ("backends", {"_tf_ops", "_tf_pure", "_ids_tf", "_jax_ops", "_ids_jax", "_keras_ops", "_torch_ops",
-                  "_core_c_api", "_head_tf", "_head_jax"}),
+                  "_core_c_api", "_head_tf", "_head_jax", "_head_sharded_jax"}),
     ("functional", {"_dispatch", "bpmll", "correlation", "head", "metrics", "reference"}),
     ("keras", {"losses", "head_layers", "keras_metrics"}),
 ]

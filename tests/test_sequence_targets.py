@@ -161,8 +161,9 @@ def test_corpus_ccc_metric_streams_the_concatenated_corpus(rng, targets):
         ys.append(y.reshape(4, 9, targets)[mask])
         xs.append(x.reshape(4, 9, targets)[mask])
     y_all, x_all = np.concatenate(ys).astype(np.float64), np.concatenate(xs).astype(np.float64)
-    want = np.mean([numpy_ccc(y_all[:, d], x_all[:, d], concordance=True) for d in range(targets)])
-    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(metric.result())), want, rtol=2e-4)
+    per_target = [numpy_ccc(y_all[:, d], x_all[:, d], concordance=True) for d in range(targets)]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(metric.result_per_target()), per_target, rtol=2e-4)
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(metric.result())), np.mean(per_target), rtol=2e-4)
     metric.reset_state()
     assert float(keras.ops.convert_to_numpy(metric.result())) == 0.0
     assert CorpusCCC.from_config(metric.get_config()).targets == targets

@@ -12,7 +12,7 @@ source "$(dirname "$0")/check_env_lib.sh" tfl-jax-env
 # test_core_ffi_checks: the Host handlers through direct jax.ffi calls;
 # test_gpu_kit's FFI check: every kit FFI case through jax.jit (builds the
 # handlers from cc/ with g++, hence the sources and pybind11 below).
-tests=(tests/test_jax_ops.py tests/test_jax_sharding.py tests/test_keras_ops_path.py tests/test_backends.py tests/test_dispatch.py
+tests=(tests/test_jax_ops.py tests/test_jax_sharding.py tests/test_head_sharded.py tests/test_keras_ops_path.py tests/test_backends.py tests/test_dispatch.py
        tests/test_bpmll_from_ids.py tests/test_sequence_targets.py
        tests/test_core_ffi_checks.py tests/test_gpu_kit.py::test_ffi_handlers_through_jax)
 

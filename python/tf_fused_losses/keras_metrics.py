@@ -291,10 +291,14 @@ class CorpusCCC(keras.metrics.Metric):
         for variable, value in zip(self._moments, merged):
             variable.assign(value)
 
-    def result(self):
+    def result_per_target(self):
+        """The corpus CCC of each target, shape (targets,)."""
         n, mean_true, mean_pred, m2_true, m2_pred, co_moment = (ops.convert_to_tensor(v) for v in self._moments)
         gap = mean_true - mean_pred
-        return ops.mean(ops.divide_no_nan(2 * co_moment, m2_true + m2_pred + n * gap * gap))
+        return ops.divide_no_nan(2 * co_moment, m2_true + m2_pred + n * gap * gap)
+
+    def result(self):
+        return ops.mean(self.result_per_target())
 
     def reset_state(self):
         for variable in self._moments:

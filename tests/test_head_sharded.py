@@ -1,0 +1,456 @@
+"""The label-sharded BP-MLL head on JAX (python/tf_fused_losses/_head_sharded_jax.py,
+issue 22 part 2) on 8 CPU devices: loss and the hidden, kernel and bias
+gradients against the unsharded head (`_head_jax`) and the unfused loss of
+hidden @ kernel + bias, on dense labels and ids, over a 1 x 8 and a 2 x 4
+(batch x labels) mesh, label counts that need padding; the compiled step's
+collectives move O(batch + batch x d) numbers, never batch x labels; the
+kernel's gradient stays label-sharded. Keras on JAX: ModelParallel with a
+LayoutMap sharding the head's kernel along the labels trains like one
+device, and so does DataParallel with BPMLLHead; two JAX processes (4 CPU
+devices each) train the label-sharded head and end with identical weights,
+equal to one process on 8 devices.
+
+The device count is fixed when jax first initialises, so every check runs
+in a fresh interpreter: this file run as a script (`python
+tests/test_head_sharded.py head|keras|process ...`) prints its findings as
+JSON, and the tests read them.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_jax_sharding import DEVICES, XLA_FLAGS, _free_port, _shapes, collectives
+
+# Numbers of the numerics worker: rows, hidden width, labels per mesh.
+BATCH, HIDDEN = 16, 5
+MESHES = {
+    # 203 labels over 8 devices: padded to 208, 26 per device.
+    "1x8": {"shape": (1, 8), "labels": 203},
+    # 204 labels over 4: 51 per device, no padding; 8 rows per device.
+    "2x4": {"shape": (2, 4), "labels": 204},
+}
+IDS_PER_ROW = 6
+CHUNK = 8  # several chunks and a remainder on every device
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 2e-5  # max abs error over the gradient's max abs value
+
+
+# --------------------------------------------------------------------------
+# Workers: run in a fresh interpreter with 8 CPU devices
+# --------------------------------------------------------------------------
+
+
+def _labels(np, rng, batch, labels):
+    """Padded ids (a repeated id, a padding-only row) and the 0/1 matrix
+    they stand for."""
+    ids = np.full((batch, IDS_PER_ROW), -1, np.int32)
+    ids[:, :4] = rng.integers(0, labels, (batch, 4))
+    ids[1] = -1
+    ids[2, 4] = ids[2, 0]
+    dense = np.zeros((batch, labels), np.float32)
+    for i, row in enumerate(ids):
+        dense[i, row[row >= 0]] = 1
+    return ids, dense
+
+
+def _relative_error(np, got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def worker_head():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import tf_fused_losses as tfl
+    from tf_fused_losses import _head_jax
+    from tf_fused_losses._head_sharded_jax import bpmll_head_loss_label_sharded
+
+    assert len(jax.devices()) == DEVICES
+    rng = np.random.default_rng(22)
+    report = {}
+    for mesh_name, spec in MESHES.items():
+        labels = spec["labels"]
+        mesh = Mesh(np.array(jax.devices()).reshape(spec["shape"]), ("batch", "labels"))
+        hidden = rng.normal(size=(BATCH, HIDDEN)).astype(np.float32)
+        kernel = (0.5 * rng.normal(size=(HIDDEN, labels))).astype(np.float32)
+        bias = (0.3 * rng.normal(size=(labels,))).astype(np.float32)
+        ids, dense = _labels(np, rng, BATCH, labels)
+        upstream = np.linspace(0.5, 2.0, BATCH).astype(np.float32)
+        # A NaN logit (row 0) and a bad id / a label outside [0, 1] (row 3):
+        # their rows NaN, the others as without them.
+        nan_hidden = hidden.copy()
+        nan_hidden[0, 1] = np.nan
+        bad_ids, bad_dense = ids.copy(), dense.copy()
+        bad_ids[3, 5] = labels
+        bad_dense[3, 7] = 1.5
+        for form, y, bad_y in (("ids", ids, bad_ids), ("dense", dense, bad_dense)):
+            label_ids = form == "ids"
+            batch_axis = "batch" if spec["shape"][0] > 1 else None
+
+            def sharded(y, h, k, b, label_ids=label_ids, batch_axis=batch_axis, mesh=mesh):
+                return bpmll_head_loss_label_sharded(y, h, k, b, mesh=mesh, label_axis="labels",
+                                                     batch_axis=batch_axis, label_ids=label_ids, chunk_size=CHUNK)
+
+            def unsharded(y, h, k, b, label_ids=label_ids):
+                return _head_jax.bpmll_head_loss(y, h, k, b, label_ids=label_ids)
+
+            def step(loss_fn):
+                def f(y, bad_y, h, nan_h, k, b):
+                    value, grads = jax.value_and_grad(
+                        lambda h, k, b: jnp.sum(loss_fn(y, h, k, b) * upstream), (0, 1, 2))(h, k, b)
+                    return value, grads, loss_fn(bad_y, nan_h, k, b)
+                return jax.jit(f)
+
+            # Arrays whose label count divides the label axis are placed as
+            # they would live; the others (203 labels) come unplaced and are
+            # padded inside.
+            divisible = labels % spec["shape"][1] == 0
+
+            def put(a, *partition, divisible=divisible, mesh=mesh):
+                return jax.device_put(a, NamedSharding(mesh, P(*partition))) if divisible else a
+
+            placed = [put(y, batch_axis) if label_ids else put(y, batch_axis, "labels"), bad_y,
+                      put(hidden, batch_axis), nan_hidden, put(kernel, None, "labels"), put(bias, "labels")]
+            compiled = step(sharded).lower(*placed).compile()
+            value, grads, bad_loss = compiled(*placed)
+            want_value, want_grads, want_bad = step(unsharded)(y, bad_y, hidden, nan_hidden, kernel, bias)
+            unfused = jax.jit(jax.value_and_grad(
+                lambda h, k, b: jnp.sum(tfl.bpmll_loss(jnp.asarray(dense), h @ k + b) * upstream), (0, 1, 2)))
+            unfused_value, unfused_grads = unfused(hidden, kernel, bias)
+            report[f"{mesh_name}/{form}"] = {
+                "loss_error": _relative_error(np, value, want_value),
+                "grad_errors": [_relative_error(np, g, w) for g, w in zip(grads, want_grads)],
+                "unfused_loss_error": _relative_error(np, value, unfused_value),
+                "unfused_grad_errors": [_relative_error(np, g, w) for g, w in zip(grads, unfused_grads)],
+                "nan_rows": np.flatnonzero(np.isnan(np.asarray(bad_loss))).tolist(),
+                "want_nan_rows": np.flatnonzero(np.isnan(np.asarray(want_bad))).tolist(),
+                "other_rows_error": _relative_error(np, np.asarray(bad_loss)[4:], np.asarray(want_bad)[4:]),
+                "collectives": collectives(compiled.as_text()),
+                "grad_specs": [str(g.sharding.spec) for g in grads],
+                "rows_per_device": BATCH // spec["shape"][0],
+                "labels_per_device": -(-labels // spec["shape"][1]),
+            }
+    report["label_count"] = _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, rng)
+    return report
+
+
+def _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, rng):
+    """A kernel that lives sharded, made 208 columns wide for 203 labels
+    (`label_count`): the loss and gradients of the 203, and gradient 0 in
+    the padding, however the padding was initialised."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()), ("labels",))
+    labels, width = 203, 208
+    hidden = rng.normal(size=(BATCH, HIDDEN)).astype(np.float32)
+    kernel = (0.5 * rng.normal(size=(HIDDEN, width))).astype(np.float32)
+    bias = (0.3 * rng.normal(size=(width,))).astype(np.float32)
+    ids, _ = _labels(np, rng, BATCH, labels)
+
+    def grads(loss_fn, k, b):
+        return jax.jit(jax.value_and_grad(lambda h, k, b: jnp.sum(loss_fn(h, k, b)), (0, 1, 2)))(hidden, k, b)
+
+    value, (dh, dk, db) = grads(lambda h, k, b: bpmll_head_loss_label_sharded(
+        ids, h, k, b, mesh=mesh, label_axis="labels", label_ids=True, label_count=labels, chunk_size=CHUNK),
+        jax.device_put(kernel, NamedSharding(mesh, P(None, "labels"))),
+        jax.device_put(bias, NamedSharding(mesh, P("labels"))))
+    want_value, (want_dh, want_dk, want_db) = grads(
+        lambda h, k, b: _head_jax.bpmll_head_loss(ids, h, k, b, label_ids=True), kernel[:, :labels], bias[:labels])
+    return {
+        "loss_error": _relative_error(np, value, want_value),
+        "grad_errors": [_relative_error(np, dh, want_dh), _relative_error(np, np.asarray(dk)[:, :labels], want_dk),
+                        _relative_error(np, np.asarray(db)[:labels], want_db)],
+        "padding_grad_max": float(max(np.abs(np.asarray(dk)[:, labels:]).max(), np.abs(np.asarray(db)[labels:]).max())),
+        "kernel_grad_spec": str(dk.sharding.spec),
+    }
+
+
+# Keras: one model, trained on one device (BPMLLHead), with DataParallel
+# (BPMLLHead) and with ModelParallel (the head's kernel split over "model").
+KERAS_SAMPLES, KERAS_FEATURES, KERAS_LABELS, KERAS_IDS = 64, 12, 40, 5
+GLOBAL_BATCH, EPOCHS = 32, 3
+KERAS_MESH = (2, 4)
+
+
+def _keras_data(np):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(KERAS_SAMPLES, KERAS_FEATURES)).astype(np.float32)
+    scores = x @ rng.normal(size=(KERAS_FEATURES, KERAS_LABELS))
+    ids = np.argsort(-scores, axis=1)[:, :KERAS_IDS].astype(np.int32)
+    ids[::3, -1] = -1  # padding
+    return x, ids
+
+
+def _label_sharded_head_class(keras):
+    """BPMLLHead whose training loss goes through the label-sharded head over
+    the ModelParallel distribution's mesh (what BPMLLHead itself would do
+    when the layout map splits its kernel along the labels)."""
+    from keras import ops
+
+    from tf_fused_losses._head_sharded_jax import bpmll_head_loss_label_sharded
+    from tf_fused_losses.head_layers import BPMLLHead
+
+    class LabelShardedHead(BPMLLHead):
+        def call(self, inputs, labels=None):
+            if labels is None:
+                return super().call(inputs)
+            kernel, bias = self._weights_in_compute_dtype()
+            distribution = keras.distribution.distribution()
+            per_row = bpmll_head_loss_label_sharded(
+                labels, ops.cast(inputs, self.compute_dtype), kernel, bias,
+                mesh=distribution.device_mesh.backend_mesh, label_axis="model", batch_axis=distribution.batch_dim_name,
+                label_ids=self.label_ids, chunk_size=self.chunk_size)
+            self.add_loss(ops.mean(ops.cast(per_row, "float32")))
+            return per_row
+
+    return LabelShardedHead
+
+
+def _keras_model(keras, head_class):
+    keras.utils.set_random_seed(3)
+    features = keras.Input((KERAS_FEATURES,))
+    labels = keras.Input((KERAS_IDS,), dtype="int32")
+    hidden = keras.layers.Dense(16, activation="tanh", name="hidden")(features)
+    per_row = head_class(KERAS_LABELS, label_ids=True, chunk_size=4, name="head")(hidden, labels=labels)
+    model = keras.Model([features, labels], per_row)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model
+
+
+def _model_parallel(keras, devices):
+    mesh = keras.distribution.DeviceMesh(KERAS_MESH, ("batch", "model"), devices=devices)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map["head/kernel"] = (None, "model")
+    layout_map["head/bias"] = ("model",)
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False)
+
+
+def _local_value(np, array):
+    """This process's copy of an array whose every element it holds (the
+    head's kernel: each process holds all label shards of its batch row)."""
+    out = np.full(array.shape, np.nan, array.dtype)
+    for shard in array.addressable_shards:
+        out[shard.index] = np.asarray(shard.data)
+    assert not np.isnan(out).any(), "this process does not hold the whole array"
+    return out
+
+
+def _fit(np, model, x, ids, batch_size):
+    history = model.fit((x, ids), batch_size=batch_size, epochs=EPOCHS, shuffle=False, verbose=0).history["loss"]
+    return {"history": history, "weights": [_local_value(np, w.value).tolist() for w in model.weights],
+            "specs": {w.path: str(getattr(w.value.sharding, "spec", None)) for w in model.weights}}
+
+
+def worker_keras():
+    import jax
+    import keras
+    import numpy as np
+
+    from tf_fused_losses.head_layers import BPMLLHead
+
+    x, ids = _keras_data(np)
+    report = {"one_device": _fit(np, _keras_model(keras, BPMLLHead), x, ids, GLOBAL_BATCH)}
+    with keras.distribution.DataParallel(devices=jax.devices()).scope():
+        report["data_parallel"] = _fit(np, _keras_model(keras, BPMLLHead), x, ids, GLOBAL_BATCH)
+    with _model_parallel(keras, jax.devices()).scope():
+        report["model_parallel"] = _fit(np, _keras_model(keras, _label_sharded_head_class(keras)), x, ids,
+                                        GLOBAL_BATCH)
+    return report
+
+
+def worker_process(process_id, port):
+    """One of two JAX processes (4 CPU devices each) on 127.0.0.1, training
+    the label-sharded head with ModelParallel over the 8 global devices: this
+    process's 4 devices are one row of the 2 x 4 mesh, its label shards all
+    4, and it feeds that row's half of every global batch."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
+                               initialization_timeout=120)
+    import keras
+    import numpy as np
+
+    distribution = _model_parallel(keras, jax.devices())
+    mesh_devices = distribution.device_mesh.backend_mesh.devices
+    mine = {int(r) for r, row in enumerate(mesh_devices) for d in row if d.process_index == jax.process_index()}
+    assert len(mine) == 1, mine
+    row = mine.pop()
+    half = GLOBAL_BATCH // 2
+    x, ids = _keras_data(np)
+    local = np.concatenate([np.arange(s + row * half, s + (row + 1) * half) for s in range(0, KERAS_SAMPLES, GLOBAL_BATCH)])
+    with distribution.scope():
+        out = _fit(np, _keras_model(keras, _label_sharded_head_class(keras)), x[local], ids[local], half)
+    out.update(global_devices=jax.device_count(), local_devices=jax.local_device_count())
+    jax.distributed.shutdown()
+    return out
+
+
+# --------------------------------------------------------------------------
+# The tests
+# --------------------------------------------------------------------------
+
+
+if __name__ != "__main__":
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("the JAX head needs jax (pip install jax)", allow_module_level=True)
+
+
+def _run(args, env, timeout):
+    proc = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker(*args, timeout=300):
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_FLAGS).strip()
+    return _run(args, env, timeout)
+
+
+@pytest.fixture(scope="module")
+def head():
+    return _worker("head")
+
+
+@pytest.mark.parametrize("case", [f"{m}/{f}" for m in MESHES for f in ("ids", "dense")])
+def test_matches_the_unsharded_head_and_the_unfused_loss(head, case):
+    """Loss and the three gradients equal the one-device head's and those of
+    bpmll_loss(labels, hidden @ kernel + bias), within float32 rounding;
+    rows with a NaN logit or a bad label are NaN and only they."""
+    r = head[case]
+    assert r["loss_error"] <= LOSS_RTOL and r["unfused_loss_error"] <= LOSS_RTOL, r
+    assert max(r["grad_errors"] + r["unfused_grad_errors"]) <= GRAD_RTOL, r
+    assert r["nan_rows"] == r["want_nan_rows"] == [0, 3], r
+    assert r["other_rows_error"] <= LOSS_RTOL, r
+
+
+@pytest.mark.parametrize("case", [f"{m}/{f}" for m in MESHES for f in ("ids", "dense")])
+def test_collectives_move_rows_never_rows_times_labels(head, case):
+    """Over the label axis the step all-reduces per-row numbers (k, rows)
+    and the hidden gradient (rows, d); over the batch axis (2 x 4 only) the
+    label slice's weight gradient (d, labels/4) and (labels/4,) and the
+    scalar mean. No collective holds a (rows, labels/devices) array or
+    anything as large."""
+    r = head[case]
+    rows, shard = r["rows_per_device"], r["labels_per_device"]
+    reduced = {(), (rows,), (rows, HIDDEN)} | {(k, rows) for k in range(2, 6)}
+    gathered = set()
+    if rows < BATCH:
+        reduced |= {(HIDDEN, shard), (shard,)}
+    if MESHES[case.split("/")[0]]["labels"] % DEVICES:
+        # 203 labels come as an unsharded kernel, padded inside to 208: its
+        # gradient, sliced back to 203 columns (which no mesh axis divides),
+        # is gathered - (d, labels), independent of the batch.
+        gathered = {(HIDDEN, shard * DEVICES), (shard * DEVICES,)}
+    for op, shape, size in r["collectives"]:
+        for _, dims in _shapes(shape):
+            assert tuple(dims) in (reduced if op == "all-reduce" else gathered if op == "all-gather" else ()), (
+                op, shape, r["collectives"])
+        assert size < rows * shard * 4 or op == "all-gather", r["collectives"]
+    shapes = {tuple(dims) for _, shape, _ in r["collectives"] for _, dims in _shapes(shape)}
+    assert (rows, HIDDEN) in shapes and (2, rows) in shapes  # the hidden gradient's psum, the log sums' pmax
+
+
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_the_weight_gradients_stay_label_sharded(head, form):
+    """A label-sharded kernel and bias get label-sharded gradients (the 2 x 4
+    mesh's; the 1 x 8 case's kernel is not sharded: 203 labels)."""
+    specs = head[f"2x4/{form}"]["grad_specs"]
+    assert specs == ["P('batch',)", "P(None, 'labels')", "P('labels',)"], specs
+
+
+def test_a_kernel_padded_past_label_count(head):
+    """A kernel made 208 columns wide for 203 labels, placed label-sharded:
+    the loss and gradients of the 203, gradient exactly 0 in the padding."""
+    r = head["label_count"]
+    assert r["loss_error"] <= LOSS_RTOL and max(r["grad_errors"]) <= GRAD_RTOL, r
+    assert r["padding_grad_max"] == 0, r
+    assert r["kernel_grad_spec"] == "P(None, 'labels')", r
+
+
+def _close(np, a, b, rtol=1e-5, atol=1e-6):
+    return len(a) == len(b) and all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+                                    for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def keras_runs():
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("needs keras")
+    return _worker("keras")
+
+
+def test_keras_model_parallel_and_data_parallel_train_like_one_device(keras_runs):
+    """ModelParallel on a 2 x 4 mesh, the head's kernel and bias split over
+    "model" by a LayoutMap and the loss through the label-sharded head, and
+    DataParallel over 8 devices with BPMLLHead, end with the one-device
+    weights and losses within float32 rounding; the kernel stays
+    label-sharded."""
+    import numpy as np
+
+    one = keras_runs["one_device"]
+    assert one["history"][-1] < one["history"][0]  # it trained
+    for name in ("data_parallel", "model_parallel"):
+        run = keras_runs[name]
+        assert _close(np, run["history"], one["history"]), (name, run["history"], one["history"])
+        assert _close(np, run["weights"], one["weights"]), name
+    specs = keras_runs["model_parallel"]["specs"]
+    assert specs["head/kernel"] == "P(None, 'model')" and specs["head/bias"] == "P('model',)"
+
+
+def test_two_processes_train_the_label_sharded_head_like_one(keras_runs):
+    """Two JAX processes on 127.0.0.1 (jax.distributed, gloo, 4 CPU devices
+    each) train the label-sharded head with ModelParallel over the 8 global
+    devices: both end with identical weights, equal to one process on 8
+    devices within float32 rounding. Bounded: each process has 240 s."""
+    import numpy as np
+
+    port = _free_port()
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [subprocess.Popen([sys.executable, __file__, "process", str(i), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err[-6000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [o["global_devices"] for o in outs] == [8, 8] and [o["local_devices"] for o in outs] == [4, 4]
+    assert outs[0]["weights"] == outs[1]["weights"]  # identical, not close
+    one_process = keras_runs["model_parallel"]
+    assert _close(np, outs[0]["weights"], one_process["weights"]), (outs[0]["history"], one_process["history"])
+    assert outs[0]["specs"]["head/kernel"] == "P(None, 'model')"
+
+
+def main(argv):
+    mode = argv[0]
+    if mode == "head":
+        report = worker_head()
+    elif mode == "keras":
+        report = worker_keras()
+    elif mode == "process":
+        report = worker_process(int(argv[1]), int(argv[2]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
