@@ -24,6 +24,7 @@ import sys
 
 import pytest
 
+from test_head_multiworker import run_together
 from test_jax_sharding import DEVICES, XLA_FLAGS, _free_port, _shapes, collectives
 
 # Numbers of the numerics worker: rows, hidden width, labels per mesh.
@@ -419,19 +420,9 @@ def test_two_processes_train_the_label_sharded_head_like_one(keras_runs):
 
     port = _free_port()
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen([sys.executable, __file__, "process", str(i), str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=240)
-            assert p.returncode == 0, err[-6000:]
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    stdouts = run_together([[sys.executable, __file__, "process", str(i), str(port)] for i in range(2)], [env] * 2,
+                           timeout=240)
+    outs = [json.loads(out.strip().splitlines()[-1]) for out in stdouts]
     assert [o["global_devices"] for o in outs] == [8, 8] and [o["local_devices"] for o in outs] == [4, 4]
     assert outs[0]["weights"] == outs[1]["weights"]  # identical, not close
     one_process = keras_runs["model_parallel"]
