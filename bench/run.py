@@ -76,6 +76,11 @@ def default_deps_dir():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--extreme", action="store_true",
+                   help="also the extreme-label section at the Amazon-670K shape (bench/extreme_labels.py: ids "
+                        "against dense labels; bench/head_bench.py: Dense + BPMLLLoss against the fused head), "
+                        "each a subprocess of its own, after the sweep")
+    p.add_argument("--extreme-only", action="store_true", help="the extreme-label section alone")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, for a smoke test; writes no file unless asked")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of %(default)s")
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(IMPLS['bpmll'] + TORCH_IMPLS)} (default: "
@@ -521,8 +526,31 @@ def machine_description():
     return info
 
 
+EXTREME_LABELS = 670091  # Amazon-670K
+
+
+def extreme_section(args):
+    """The extreme-label rows (issue 21), each script in its own process so
+    that its memory high-water marks are its own: with --quick at a small
+    label count, to check that the section runs."""
+    labels = "4096" if args.quick else str(EXTREME_LABELS)
+    commands = [
+        [sys.executable, os.path.join(HERE, "extreme_labels.py"), "--labels", labels],
+        [sys.executable, os.path.join(HERE, "head_bench.py"), "--labels", labels] + (["--steps", "1"] if args.quick else []),
+    ]
+    for command in commands:
+        print(f"\n==== {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command[1:])}",
+              flush=True)
+        done = subprocess.run(command, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{os.path.basename(command[1])} failed with exit status {done.returncode}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.extreme_only:
+        extreme_section(args)
+        return
     started = time.time()
     load_at_start = _load_average()
     notes = []
@@ -560,6 +588,8 @@ def main(argv=None):
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"finished {len(rows)} cases in {time.time() - started:.0f} s", file=sys.stderr)
+    if args.extreme:
+        extreme_section(args)
 
 
 def _load_average():
