@@ -141,7 +141,32 @@ def worker_head():
                 "labels_per_device": -(-labels // spec["shape"][1]),
             }
     report["label_count"] = _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, rng)
+    report["errors"] = _worker_errors(jax, np, bpmll_head_loss_label_sharded)
     return report
+
+
+def _worker_errors(jax, np, bpmll_head_loss_label_sharded):
+    """The messages of calls the sharded head refuses."""
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("batch", "labels"))
+    hidden, kernel = np.zeros((15, HIDDEN), np.float32), np.zeros((HIDDEN, 8), np.float32)
+    ids = np.zeros((15, 2), np.int32)
+    calls = {
+        "uneven_batch": dict(batch_axis="batch"),
+        "unknown_axis": dict(label_axis="model"),
+        "same_axis": dict(label_axis="labels", batch_axis="labels"),
+        "label_count_too_large": dict(label_count=9),
+    }
+    out = {}
+    for name, kwargs in calls.items():
+        kwargs = {"label_axis": "labels", **kwargs}
+        try:
+            bpmll_head_loss_label_sharded(ids, hidden, kernel, mesh=mesh, label_ids=True, **kwargs)
+            out[name] = "ran"
+        except ValueError as e:
+            out[name] = str(e)
+    return out
 
 
 def _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, rng):
@@ -379,6 +404,17 @@ def test_a_kernel_padded_past_label_count(head):
     assert r["loss_error"] <= LOSS_RTOL and max(r["grad_errors"]) <= GRAD_RTOL, r
     assert r["padding_grad_max"] == 0, r
     assert r["kernel_grad_spec"] == "P(None, 'labels')", r
+
+
+def test_refusals_say_why(head):
+    """A batch the batch axis does not divide, an axis the mesh lacks, one
+    axis for both, and a label_count past the kernel's columns: each a
+    ValueError naming the problem."""
+    errors = head["errors"]
+    assert "batch (15 rows) must be divisible by the size of batch_axis 'batch' (2)" in errors["uneven_batch"]
+    assert "label_axis 'model' is not an axis of the mesh" in errors["unknown_axis"]
+    assert "must be different mesh axes" in errors["same_axis"]
+    assert "label_count must be an int in [1, 8]" in errors["label_count_too_large"]
 
 
 def _close(np, a, b, rtol=1e-5, atol=1e-6):
