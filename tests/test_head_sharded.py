@@ -1,7 +1,7 @@
 """The label-sharded BP-MLL head on JAX (python/tf_fused_losses/_head_sharded_jax.py,
 issue 22 part 2) on 8 CPU devices: loss and the hidden, kernel and bias
 gradients against the unsharded head (`_head_jax`) and the unfused loss of
-hidden @ kernel + bias, on dense labels and ids, over a 1 x 8 and a 2 x 4
+hidden @ kernel + bias, on soft dense labels and ids, over a 1 x 8 and a 2 x 4
 (batch x labels) mesh, label counts that need padding; the compiled step's
 collectives move O(batch + batch x d) numbers, never batch x labels; the
 kernel's gradient stays label-sharded. Keras on JAX: ModelParallel with a
@@ -90,10 +90,13 @@ def worker_head():
         # their rows NaN, the others as without them.
         nan_hidden = hidden.copy()
         nan_hidden[0, 1] = np.nan
-        bad_ids, bad_dense = ids.copy(), dense.copy()
+        # Dense labels soft: positives in [0.5, 1], a few negatives in (0, 0.2].
+        soft = np.where(dense > 0, rng.uniform(0.5, 1, dense.shape),
+                        rng.uniform(0, 0.2, dense.shape) * (rng.random(dense.shape) < 0.05)).astype(np.float32)
+        bad_ids, bad_soft = ids.copy(), soft.copy()
         bad_ids[3, 5] = labels
-        bad_dense[3, 7] = 1.5
-        for form, y, bad_y in (("ids", ids, bad_ids), ("dense", dense, bad_dense)):
+        bad_soft[3, 7] = 1.5
+        for form, y, bad_y, y_dense in (("ids", ids, bad_ids, dense), ("dense", soft, bad_soft, soft)):
             label_ids = form == "ids"
             batch_axis = "batch" if spec["shape"][0] > 1 else None
 
@@ -125,7 +128,7 @@ def worker_head():
             value, grads, bad_loss = compiled(*placed)
             want_value, want_grads, want_bad = step(unsharded)(y, bad_y, hidden, nan_hidden, kernel, bias)
             unfused = jax.jit(jax.value_and_grad(
-                lambda h, k, b: jnp.sum(tfl.bpmll_loss(jnp.asarray(dense), h @ k + b) * upstream), (0, 1, 2)))
+                lambda h, k, b: jnp.sum(tfl.bpmll_loss(jnp.asarray(y_dense), h @ k + b) * upstream), (0, 1, 2)))
             unfused_value, unfused_grads = unfused(hidden, kernel, bias)
             report[f"{mesh_name}/{form}"] = {
                 "loss_error": _relative_error(np, value, want_value),
