@@ -13,17 +13,25 @@ The baseline is the seed's pairwise BP-MLL loss (the Stack Overflow answer's
 3. evaluates both losses on a batch holding rows without a positive label:
    the seed's loss is NaN there, the fused loss is finite;
 4. prints the held-out ranking accuracy of the fused-trained model against an
-   untrained one and chance.
+   untrained one and chance;
+5. at Amazon-670K's 670,091 labels with label ids, times one training step
+   of Dense + BPMLLLoss(label_ids=True) against the fused BPMLLHead and
+   prints the peak extra memory of each (bench/head_bench.py, a process
+   each).
 
 Timings are of `model.fit` as Keras runs it by default (graph mode; no XLA on
 a CPU-only machine), medians over the steps after the first few.
 
     python examples/demo.py [--labels 1000] [--big-labels 30000] [--batch 256]
                             [--steps 300] [--seed-steps 10]
+                            [--extreme-labels 670091] [--extreme-batch 256]
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,6 +42,8 @@ import tensorflow as tf
 
 import tf_fused_losses as tfl
 from tf_fused_losses import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FEATURES = 64
 HIDDEN = 256
@@ -130,6 +140,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps of each run")
     parser.add_argument("--seed-seconds", type=float, default=20.0,
                         help="time budget of the seed loss's timed steps (fewer steps on a slow machine)")
+    parser.add_argument("--extreme-labels", type=int, default=670_091, help="labels of part 5 (Amazon-670K's count)")
+    parser.add_argument("--extreme-batch", type=int, default=256, help="batch of part 5")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -139,7 +151,7 @@ def main():
     progress(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; batch {args.batch}, "
              f"{FEATURES} features, Dense {HIDDEN} + Dense(labels); {y.mean():.1%} positive labels")
 
-    progress(f"\n[1/4] {args.labels} labels: fused BPMLLLoss vs the seed's pairwise loss (same model, data, Adam)")
+    progress(f"\n[1/5] {args.labels} labels: fused BPMLLLoss vs the seed's pairwise loss (same model, data, Adam)")
     fused_model, fused_ms, _ = train(tfl.BPMLLLoss(), x, y, args.batch, args.steps, args.warmup)
     progress(f"  fused BPMLLLoss          {fused_ms:8.1f} ms/step  (median of {args.steps} steps, "
              f"XLA {'on' if fused_model.jit_compile else 'off'})")
@@ -149,7 +161,7 @@ def main():
              f"{pair_tensor_gib(args.batch, args.labels):.1f} GiB float64 pair tensor per step)")
     progress(f"  fused is {seed_ms / fused_ms:.0f}x faster per training step")
 
-    progress(f"\n[2/4] {args.big_labels} labels: fused BPMLLLoss only")
+    progress(f"\n[2/5] {args.big_labels} labels: fused BPMLLLoss only")
     # Fewer samples than phase 1: here the label matrix alone is samples x 30000 floats.
     x_big, y_big = synthetic_multilabel(args.batch * 4, args.big_labels, rng)
     _, big_ms, _ = train(tfl.BPMLLLoss(), x_big, y_big, args.batch, args.seed_steps, args.warmup)
@@ -161,7 +173,7 @@ def main():
     progress(f"  seed pairwise loss       would need a {pair_tensor_gib(args.batch, args.big_labels):,.0f} GiB "
              f"pair tensor per step{memory}")
 
-    progress("\n[3/4] 4 held-out rows, the last 2 with their labels cleared (no positive), the trained model's logits")
+    progress("\n[3/5] 4 held-out rows, the last 2 with their labels cleared (no positive), the trained model's logits")
     y_small = y_test[:4].copy()
     y_small[2:] = 0
     weights = fused_model.trainable_weights
@@ -181,12 +193,36 @@ def main():
              "  every weight's gradient, and one optimizer step ruins the model. The fused loss gives them loss 0\n"
              "  and gradient 0.")
 
-    progress(f"\n[4/4] held-out ranking accuracy at {args.labels} labels ({held_out} rows): fraction of "
+    progress(f"\n[4/5] held-out ranking accuracy at {args.labels} labels ({held_out} rows): fraction of "
              "(positive, negative) pairs ranked correctly")
     untrained = ranking_accuracy(y_test, make_model(args.labels).predict(x_test, verbose=0))
     trained = ranking_accuracy(y_test, fused_model.predict(x_test, verbose=0))
     progress(f"  chance 0.500   untrained model {untrained:.3f}   "
              f"after {args.warmup + args.steps} fused steps {trained:.3f}")
+
+    extreme_labels(args.extreme_labels, args.extreme_batch)
+
+
+def extreme_labels(labels, batch, d=256):
+    """Part 5: one training step of Dense + BPMLLLoss on label ids against the
+    fused head, each in a process of its own (bench/head_bench.py) so that
+    each peak memory is its own."""
+    progress(f"\n[5/5] {labels:,} labels (Amazon-670K's count), 5.5 label ids a row, batch {batch}, hidden {d}: "
+             "one training step")
+    variants = {"unfused-ids:graph": "Dense + BPMLLLoss(label_ids=True)", "head-ids:graph": "BPMLLHead (fused head)"}
+    command = [sys.executable, os.path.join(ROOT, "bench", "head_bench.py"), "--labels", str(labels), "--batch",
+               str(batch), "--d", str(d), "--steps", "1", "--variants", ",".join(variants)]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    rows = {row["variant"]: row for row in map(json.loads, (l for l in done.stdout.splitlines() if l.startswith("{")))}
+    if done.returncode or set(rows) != set(variants):
+        progress(f"  failed (exit {done.returncode}): {done.stdout[-800:]}{done.stderr[-1500:]}")
+        return
+    for variant, name in variants.items():
+        row = rows[variant]
+        progress(f"  {name:<36} {row['step_s']:6.2f} s/step   extra memory {row['extra_mb']:7,.0f} MB")
+    logits_mb = batch * labels * 4 / 2**20
+    progress(f"  extra memory: peak resident memory beyond the weights and their gradients. Dense + loss holds the\n"
+             f"  (batch, labels) logits and their gradient, {logits_mb:,.0f} MB each in float32; the head never makes them.")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,11 @@ def test_torch_ids_give_the_dense_loss_and_gradient_and_name_bad_ids(rng):
     want = tfl.bpmll_loss(torch.tensor(dense), c)
     (want_grad,) = torch.autograd.grad((want * weights).sum(), c)
     assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    # The ids op itself, not a densified dense op: its graph holds tfl::bpmll_ids_loss.
+    assert "bpmll_ids_loss" in str(got.grad_fn.name()) or "bpmll_ids_loss" in repr(got.grad_fn)
     padded[4, 0] = -2
-    with pytest.raises(ValueError, match=r"label_ids\[4, 0\] = -2 is outside \[0, 37\)"):
+    with pytest.raises(ValueError, match=r"label_ids\[4, 0\] = -2 is neither a label id in \[0, 37\) nor the padding"):
+        tfl.bpmll_loss_from_ids(torch.tensor(padded), c)
+    padded[4, 0] = 37
+    with pytest.raises(ValueError, match=r"label_ids\[4, 0\] = 37 is outside \[0, 37\)"):
         tfl.bpmll_loss_from_ids(torch.tensor(padded), c)

@@ -90,7 +90,7 @@ def calls(monkeypatch):
 
 def test_the_ops_are_registered_with_cpu_kernels():
     assert "cpu" in PLATFORMS
-    for name in ("bpmll_loss", "bpmll_loss_grad", "correlation_loss", "correlation_loss_grad"):
+    for name in ("bpmll_loss", "bpmll_ids_loss", "bpmll_loss_grad", "correlation_loss", "correlation_loss_grad"):
         assert hasattr(torch.ops.tfl, name)
     # ctypes.CDLL (not PyDLL): the GIL is released for the length of each call.
     library = _core_c_api.library()["library"]
@@ -120,6 +120,13 @@ def test_opcheck_bpmll(rng):
         torch.library.opcheck(torch.ops.tfl.bpmll_loss, (y, c))
         loss, cached = torch.ops.tfl.bpmll_loss(y, c.detach())
         torch.library.opcheck(torch.ops.tfl.bpmll_loss_grad, (torch.rand_like(loss), cached))
+
+
+def test_opcheck_bpmll_ids(rng):
+    for dtype, id_dtype in [("float32", torch.int32), ("float64", torch.int64), ("bfloat16", torch.int64)]:
+        ids = torch.tensor([[3, -1, 0], [8, 8, -1], [-1, -1, -1], [1, 2, 4]], dtype=id_dtype)
+        c = torch.as_tensor(rng.standard_normal((4, 9))).to(TORCH_DTYPES[dtype]).requires_grad_(True)
+        torch.library.opcheck(torch.ops.tfl.bpmll_ids_loss, (ids, c))
 
 
 def test_opcheck_correlation(rng):

@@ -19,7 +19,7 @@ from ._loader import check_cpu_isa, core_library_path
 LIBRARY_ENV = "TFL_CORE_LIBRARY"
 
 # TFL_C_API_VERSION of the header these bindings follow.
-C_API_VERSION = 1
+C_API_VERSION = 2
 
 # TflDtype (tfl_c_api.h), by dtype name.
 DTYPE_CODES = {
@@ -52,6 +52,7 @@ _p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 # the stream and the scratch allocator on CUDA.
 _SIGNATURES = {
     "bpmll_loss": (_p, _i, _p, _i, _i64, _i64, _p, _p),
+    "bpmll_ids_loss": (_p, _i, _i64, _p, _i, _i64, _i64, _p, _p),
     "bpmll_loss_grad": (_p, _p, _i, _i64, _i64, _p),
     "correlation_loss": (_p, _p, _p, _i, _i64, _i64, _f, _i, _p, _p),
     "correlation_loss_grad": (_p, _p, _p, _p, _p, _i, _i64, _i64, _f, _i, _p, _p),

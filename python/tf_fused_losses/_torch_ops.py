@@ -9,6 +9,9 @@ frontend:
   * tfl::bpmll_loss(y_true, y_pred) -> (loss, cached_grad); its backward
     tfl::bpmll_loss_grad(grad_loss, cached_grad) scales cached_grad's rows.
     The labels get no gradient.
+  * tfl::bpmll_ids_loss(label_ids, y_pred) -> (loss, cached_grad): the same
+    from padded label ids (batch, K), never a (batch, labels) label matrix;
+    the same backward.
   * tfl::correlation_loss(y_true, y_pred, mask, epsilon, concordance) ->
     (loss, row_stats); its backward tfl::correlation_loss_grad(...,
     compute_grad_y_true) computes y_true's gradient only where autograd
@@ -139,6 +142,28 @@ def _(y_true, y_pred):
     return y_pred.new_empty(y_pred.shape[:1]), torch.empty_like(y_pred)
 
 
+@torch.library.custom_op("tfl::bpmll_ids_loss", mutates_args=(), device_types=("cpu", "cuda"))
+def _bpmll_ids_loss(label_ids: torch.Tensor, y_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if y_pred.dim() != 2 or label_ids.dim() != 2 or label_ids.shape[0] != y_pred.shape[0]:
+        raise ValueError(f"label_ids must be (batch, K) and y_pred (batch, labels) with one batch; got label_ids "
+                         f"{tuple(label_ids.shape)} and y_pred {tuple(y_pred.shape)}")
+    if label_ids.dtype not in (torch.int32, torch.int64) or label_ids.device != y_pred.device:
+        raise ValueError(f"label_ids must be int32 or int64 on {y_pred.device}; got {label_ids.dtype} on "
+                         f"{label_ids.device}")
+    label_ids, y_pred = _contiguous(label_ids, y_pred)
+    rows, labels = y_pred.shape
+    loss = torch.empty(rows, dtype=y_pred.dtype, device=y_pred.device)
+    grad = torch.empty_like(y_pred)
+    _run("bpmll_ids_loss", y_pred.device, _ptr(label_ids), _code(label_ids), label_ids.shape[1], _ptr(y_pred),
+         _code(y_pred), rows, labels, _ptr(loss), _ptr(grad))
+    return loss, grad
+
+
+@_bpmll_ids_loss.register_fake
+def _(label_ids, y_pred):
+    return y_pred.new_empty(y_pred.shape[:1]), torch.empty_like(y_pred)
+
+
 @torch.library.custom_op("tfl::bpmll_loss_grad", mutates_args=(), device_types=("cpu", "cuda"))
 def _bpmll_loss_grad(grad_loss: torch.Tensor, cached_grad: torch.Tensor) -> torch.Tensor:
     _expect("grad_loss", grad_loss, cached_grad.shape[:1], cached_grad.dtype, cached_grad.device)
@@ -179,6 +204,8 @@ def _bpmll_backward(ctx, grad_loss, _grad_cached):
 
 
 _bpmll_loss.register_autograd(_bpmll_backward, setup_context=_bpmll_setup_context)
+# The ids op's backward is the dense op's: the labels (ids) get no gradient.
+_bpmll_ids_loss.register_autograd(_bpmll_backward, setup_context=_bpmll_setup_context)
 
 
 @torch.library.custom_op("tfl::correlation_loss", mutates_args=(), device_types=("cpu", "cuda"))
@@ -298,26 +325,15 @@ def bpmll_loss(y_true, y_pred, name=None):
 
 def bpmll_loss_from_ids(label_ids, y_pred, name=None):
     """BP-MLL from padded label ids (batch, K) of torch tensors (-1 =
-    padding; a repeated id counts once): the ids are scattered into the
-    0/1 uint8 labels and the dense op runs on them (the C API has no ids
-    entry point yet, so this path does build the (batch, labels) matrix).
-    An id outside [0, labels) other than the padding raises ValueError
-    naming it, eagerly; under torch.compile its row's labels read 2, which
-    the dense op refuses."""
+    padding; a repeated id counts once): the fused op tfl::bpmll_ids_loss,
+    the same loss and gradient as bpmll_loss on the equivalent 0/1 matrix,
+    bit for bit, without that matrix. On the CPU an id outside [0, labels)
+    other than the padding raises ValueError naming it (on CUDA its row
+    reads NaN)."""
     y_pred = _as_tensor("y_pred", y_pred)
     label_ids = _as_tensor("label_ids", label_ids, like=y_pred)
     check_padded_ids_arguments(label_ids, y_pred)
-    labels = y_pred.shape[1]
-    valid = (label_ids >= 0) & (label_ids < labels)
-    bad = ~valid & (label_ids != -1)
-    if not torch.compiler.is_compiling() and bool(bad.any()):
-        row, column = (int(i) for i in bad.nonzero()[0])
-        value = int(label_ids[row, column])
-        raise ValueError(f"label_ids[{row}, {column}] = {value} is outside [0, {labels})")
-    dense = torch.zeros(y_pred.shape, dtype=torch.uint8, device=y_pred.device)
-    dense.scatter_(1, torch.where(valid, label_ids, 0).long(), valid.to(torch.uint8))
-    dense = torch.where(bad.any(dim=1, keepdim=True), torch.full_like(dense, 2), dense)
-    return bpmll_loss(dense, y_pred)
+    return torch.ops.tfl.bpmll_ids_loss(label_ids, y_pred)[0]
 
 
 def correlation_loss(y_true, y_pred, *, epsilon=1e-7, mask=None, concordance=False, corpus=False, name=None):

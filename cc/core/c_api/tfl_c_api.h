@@ -30,8 +30,9 @@ extern "C" {
 /* Exported whatever -fvisibility the library is compiled with. */
 #pragma GCC visibility push(default)
 
-/* Raised whenever a signature below changes; callers check it. */
-#define TFL_C_API_VERSION 1
+/* Raised whenever a signature below changes or an entry point is added;
+ * callers check it. 2: tfl_bpmll_ids_loss_cpu/_cuda. */
+#define TFL_C_API_VERSION 2
 
 /* Element types. Values (y_pred, y_true of the correlation losses and every
  * output but row_stats): F16..F64. BP-MLL labels: any of them. */
@@ -66,6 +67,15 @@ int tfl_c_api_version(void);
  * loss and grad have y_pred's dtype. */
 int tfl_bpmll_loss_cpu(const void* y_true, int label_dtype, const void* y_pred, int dtype, int64_t rows,
                        int64_t labels, void* loss, void* grad, int threads);
+/* BP-MLL from label ids: label_ids (rows, width) of id_dtype (TFL_DTYPE_I32
+ * or I64), each row's positive labels in any order, -1 as padding, a
+ * repeated id counted once -> loss and grad as tfl_bpmll_loss_cpu's on the
+ * equivalent 0/1 matrix, bit for bit. An id outside [0, labels) other than
+ * -1: TFL_ERROR_BAD_LABEL naming it ("label_ids[3, 2] = 670091 is outside
+ * [0, 670091)"), and nothing is written. The backward is
+ * tfl_bpmll_loss_grad_cpu. */
+int tfl_bpmll_ids_loss_cpu(const void* label_ids, int id_dtype, int64_t width, const void* y_pred, int dtype,
+                           int64_t rows, int64_t labels, void* loss, void* grad, int threads);
 /* out[i, j] = cached_grad[i, j] * grad_loss[i]; out may be cached_grad. */
 int tfl_bpmll_loss_grad_cpu(const void* grad_loss, const void* cached_grad, int dtype, int64_t rows, int64_t labels,
                             void* out, int threads);
@@ -84,15 +94,20 @@ int tfl_correlation_loss_grad_cpu(const void* grad_loss, const void* y_true, con
 
 /* CUDA (CUDA builds only): the same arguments as device pointers, enqueued
  * on `stream` (a cudaStream_t; NULL: the legacy default stream) of the
- * current device. Long rows need scratch: allocate(context, bytes) is then
- * called once, before anything is enqueued, and must return that much
- * device memory usable in stream order on `stream` (or NULL:
- * TFL_ERROR_RESOURCE_EXHAUSTED); the caller frees it after the call. */
+ * current device. Scratch (long rows; the ids' sorted copy):
+ * allocate(context, bytes) is then called, at most twice per call and before
+ * anything that uses it is enqueued, and must return that much device memory
+ * usable in stream order on `stream` (or NULL: TFL_ERROR_RESOURCE_EXHAUSTED);
+ * the caller frees it after the call. The ids are not checked on CUDA: a
+ * row with a bad id gets NaN, as in the XLA CUDA handler. */
 typedef void* (*tfl_allocate_fn)(void* context, int64_t bytes);
 
 int tfl_bpmll_loss_cuda(const void* y_true, int label_dtype, const void* y_pred, int dtype, int64_t rows,
                         int64_t labels, void* loss, void* grad, void* stream, tfl_allocate_fn allocate,
                         void* allocate_context);
+int tfl_bpmll_ids_loss_cuda(const void* label_ids, int id_dtype, int64_t width, const void* y_pred, int dtype,
+                            int64_t rows, int64_t labels, void* loss, void* grad, void* stream,
+                            tfl_allocate_fn allocate, void* allocate_context);
 int tfl_bpmll_loss_grad_cuda(const void* grad_loss, const void* cached_grad, int dtype, int64_t rows, int64_t labels,
                              void* out, void* stream, tfl_allocate_fn allocate, void* allocate_context);
 int tfl_correlation_loss_cuda(const void* y_true, const void* y_pred, const uint8_t* mask, int dtype, int64_t rows,
@@ -166,6 +181,20 @@ int WithLabelType(const char* op, int dtype, F&& f) {
       return f(bool{});
     default:
       return WithValueType(op, "y_true", dtype, f);
+  }
+}
+
+// Calls f(TId{}) with TId the storage type of a label id dtype code.
+template <typename F>
+int WithIdType(const char* op, int dtype, F&& f) {
+  switch (dtype) {
+    case TFL_DTYPE_I32:
+      return f(int32_t{});
+    case TFL_DTYPE_I64:
+      return f(int64_t{});
+    default:
+      return Fail(TFL_ERROR_INVALID_ARGUMENT,
+                  std::string(op) + ": label_ids must be int32 or int64 (dtype code " + std::to_string(dtype) + ")");
   }
 }
 

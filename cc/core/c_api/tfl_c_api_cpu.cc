@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "bpmll_cpu.h"
+#include "bpmll_ids_cpu.h"
 #include "correlation_cpu.h"
 #include "cpu_isa.h"
 #include "tfl_c_api.h"
@@ -90,6 +91,29 @@ int tfl_bpmll_loss_cpu(const void* y_true, int label_dtype, const void* y_pred, 
         message << kOp << ": y_true must hold labels in [0, 1]; y_true[" << bad.row << ", " << bad.column
                 << "] = " << bad.value;
         return capi::Fail(TFL_ERROR_BAD_LABEL, message.str());
+      });
+    });
+  });
+}
+
+int tfl_bpmll_ids_loss_cpu(const void* label_ids, int id_dtype, int64_t width, const void* y_pred, int dtype,
+                           int64_t rows, int64_t labels, void* loss, void* grad, int threads) {
+  constexpr const char* kOp = "FusedBpmllIdsLoss";
+  return capi::Guarded(kOp, [&] {
+    if (int status = capi::CheckCpuCall(kOp, rows, labels, {loss}, {y_pred, grad}); status != TFL_OK) return status;
+    if (int status = capi::CheckCall(kOp, rows, width, {}, {label_ids}); status != TFL_OK) return status;
+    const tfl::ThreadPoolFor pool(threads);
+    return capi::WithValueType(kOp, "y_pred", dtype, [&](auto logit) {
+      using T = decltype(logit);
+      return capi::WithIdType(kOp, id_dtype, [&](auto id) {
+        using TId = decltype(id);
+        const tfl::BpmllIdsLossArgs<T, TId> args{static_cast<const TId*>(label_ids), width,
+                                                 static_cast<const T*>(y_pred),     rows,
+                                                 labels,                            static_cast<T*>(loss),
+                                                 static_cast<T*>(grad)};
+        const tfl::BpmllBadLabelId bad = tfl::RunBpmllIdsLossCpu(args, pool);
+        if (bad.row < 0) return capi::Succeed();
+        return capi::Fail(TFL_ERROR_BAD_LABEL, std::string(kOp) + ": " + tfl::BpmllBadLabelIdMessage(bad, labels));
       });
     });
   });

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "bpmll_grad_kernels.cuh"
+#include "bpmll_ids_kernels.cuh"
 #include "bpmll_kernels.cuh"
 #include "correlation_kernels.cuh"
 #include "device_types.cuh"
@@ -65,6 +66,41 @@ int tfl_bpmll_loss_cuda(const void* y_true, int label_dtype, const void* y_pred,
         using TLabel = decltype(label);
         const auto op = tfl::gpu::MakeBpmllRowOp(capi::In<TLabel>(y_true), capi::In<T>(y_pred), capi::Out<T>(loss),
                                                  capi::Out<T>(grad));
+        return capi::Launch(kOp, op, rows, labels, stream, allocate, allocate_context);
+      });
+    });
+  });
+}
+
+// Sorts each row's ids into the caller's scratch, then runs the row kernels
+// behind it on the same stream (as the XLA CUDA handler does).
+int tfl_bpmll_ids_loss_cuda(const void* label_ids, int id_dtype, int64_t width, const void* y_pred, int dtype,
+                            int64_t rows, int64_t labels, void* loss, void* grad, void* stream,
+                            tfl_allocate_fn allocate, void* allocate_context) {
+  constexpr const char* kOp = "FusedBpmllIdsLoss";
+  return capi::Guarded(kOp, [&] {
+    if (int status = capi::CheckCall(kOp, rows, labels, {loss}, {y_pred, grad}); status != TFL_OK) return status;
+    if (int status = capi::CheckCall(kOp, rows, width, {}, {label_ids}); status != TFL_OK) return status;
+    return capi::WithValueType(kOp, "y_pred", dtype, [&](auto logit) {
+      using T = decltype(logit);
+      return capi::WithIdType(kOp, id_dtype, [&](auto id) {
+        using TId = decltype(id);
+        if (rows == 0) return capi::Succeed();
+        const int64_t bytes = tfl::gpu::SortedIdsBytes<TId>(rows, width);
+        void* memory = allocate == nullptr ? nullptr : allocate(allocate_context, bytes);
+        if (memory == nullptr) {
+          return capi::Fail(TFL_ERROR_RESOURCE_EXHAUSTED,
+                            std::string(kOp) + ": could not allocate " + std::to_string(bytes) + " bytes of scratch");
+        }
+        const tfl::gpu::SortedIds<TId> sorted = tfl::gpu::SortedIdsIn<TId>(memory, rows, width);
+        const cudaError_t status = tfl::gpu::LaunchSortRowIds(capi::In<TId>(label_ids), rows, width, labels, sorted,
+                                                              static_cast<cudaStream_t>(stream));
+        if (status != cudaSuccess) {
+          return capi::Fail(TFL_ERROR_CUDA, std::string(kOp) + ": launching its id sort failed: " +
+                                                cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+        }
+        const auto op = tfl::gpu::MakeBpmllIdsRowOp(sorted, width, labels, capi::In<T>(y_pred), capi::Out<T>(loss),
+                                                    capi::Out<T>(grad));
         return capi::Launch(kOp, op, rows, labels, stream, allocate, allocate_context);
       });
     });
