@@ -57,8 +57,8 @@ def _data():
 
 def train(strategy, worker, workers):
     """SGD steps on a model ending in BPMLLHead (label ids), each worker on
-    its contiguous share of every global batch, the per-row losses averaged
-    over the global batch and the gradients summed over the workers
+    its contiguous share of every global batch, the head's added loss
+    weighted by that share and the gradients summed over the workers
     (strategy None: one device, whole global batches). Returns the initial
     and final weights."""
     import keras
@@ -75,9 +75,14 @@ def train(strategy, worker, workers):
         model = keras.Model([features, labels], BPMLLHead(LABELS, label_ids=True, chunk_size=8)(hidden, labels=labels))
     initial = [np.asarray(w) for w in model.get_weights()]
 
+    share = GLOBAL_BATCH // workers
+
     def replica_step(x, ids):
         with tf.GradientTape() as tape:
-            loss = tf.nn.compute_average_loss(model([x, ids]), global_batch_size=GLOBAL_BATCH)
+            model([x, ids])
+            # The head's added loss, its training objective (the mean over this
+            # replica's rows), as a share of the global batch's mean.
+            loss = tf.add_n(model.losses) * (share / GLOBAL_BATCH)
         return tape.gradient(loss, model.trainable_variables)
 
     @tf.function
@@ -90,7 +95,6 @@ def train(strategy, worker, workers):
         for variable, grad in zip(model.trainable_variables, grads):
             variable.assign_sub(LEARNING_RATE * grad)
 
-    share = GLOBAL_BATCH // workers
     for s in range(STEPS):
         start = s * GLOBAL_BATCH + worker * share
         step(tf.constant(x[start:start + share]), tf.constant(ids[start:start + share]))
