@@ -81,6 +81,10 @@ def parse_args(argv=None):
                         "against dense labels; bench/head_bench.py: Dense + BPMLLLoss against the fused head), "
                         "each a subprocess of its own, after the sweep")
     p.add_argument("--extreme-only", action="store_true", help="the extreme-label section alone")
+    p.add_argument("--devices", type=int,
+                   help="the sharding section alone, on this many CPU devices (8): bench/sharding_bench.py under "
+                        "--jax-python (BP-MLL 256x30000 and the head at the Amazon-670K shape, sharded against "
+                        "unsharded on the same mesh, with the collectives' bytes from the compiled HLO)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, for a smoke test; writes no file unless asked")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of %(default)s")
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(IMPLS['bpmll'] + TORCH_IMPLS)} (default: "
@@ -546,8 +550,26 @@ def extreme_section(args):
             raise SystemExit(f"{os.path.basename(command[1])} failed with exit status {done.returncode}")
 
 
+def sharding_section(args):
+    """bench/sharding_bench.py in a JAX interpreter of its own: the
+    host-platform device count is fixed when jax starts."""
+    if not args.jax_python:
+        raise SystemExit("--devices needs --jax-python PATH (a Python with jax)")
+    if args.devices != 8:
+        raise SystemExit(f"--devices: bench/sharding_bench.py runs on 8 CPU devices; got {args.devices}")
+    command = [args.jax_python, os.path.join(HERE, "sharding_bench.py")] + (
+        ["--head-batch", "16", "--hlo-batch", "64", "--labels", "65536", "--mesh-labels", "8192", "--steps", "1"]
+        if args.quick else [])
+    done = subprocess.run(command, cwd=ROOT, env=side_worker_env())
+    if done.returncode != 0:
+        raise SystemExit(f"sharding_bench.py failed with exit status {done.returncode}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.devices:
+        sharding_section(args)
+        return
     if args.extreme_only:
         extreme_section(args)
         return
