@@ -10,8 +10,15 @@ SGD update of all four.
 Variants:
   unfused-dense  logits = hidden @ kernel + bias, tfl.bpmll_loss on dense float32 labels
   unfused-ids    the same logits, the fused label-id loss on padded ids
-  head-ids       head.bpmll_head_loss on padded ids (no logits)
-  head-dense     head.bpmll_head_loss on dense float32 labels
+  head-ids       head.bpmll_head_loss on padded ids (no logits), per row then
+                 reduce_mean: the two-pass (recompute) form, 4 GEMMs
+  head-ids-onepass  head.bpmll_head_loss(..., reduction="sum_over_batch_size")
+                 on padded ids: the one-pass form, 3 GEMMs (BPMLLHead's)
+  head-dense     head.bpmll_head_loss on dense float32 labels (two passes)
+  head-dense-onepass  the dense labels' nonzeros turned into padded ids in
+                 the step (tf.where, outside XLA only: not static-shaped),
+                 then the one-pass form: what a one-pass form on dense
+                 labels would cost, against head-dense
 each with tf.function(jit_compile=True) ("xla") and without ("graph").
 
 Memory: "extra" = peak RSS (VmHWM, reset once the weights and the batch
@@ -34,7 +41,9 @@ import subprocess
 import sys
 import time
 
-VARIANTS = [f"{loss}:{mode}" for loss in ("unfused-dense", "unfused-ids", "head-ids", "head-dense") for mode in ("xla", "graph")]
+LOSSES = ("unfused-dense", "unfused-ids", "head-ids", "head-ids-onepass", "head-dense", "head-dense-onepass")
+# The dense labels' nonzeros have no static shape: that variant runs outside XLA only.
+VARIANTS = [f"{loss}:{mode}" for loss in LOSSES for mode in ("xla", "graph") if (loss, mode) != ("head-dense-onepass", "xla")]
 
 
 def _status_bytes(field):
@@ -85,7 +94,7 @@ def worker(args):
         ids[i, :n] = rng.choice(labels, n, replace=False)
     ids = tf.constant(ids)
     dense = None
-    if loss_name.endswith("dense"):
+    if "dense" in loss_name:
         dense = tf.scatter_nd(
             tf.constant([[i, j] for i, row in enumerate(ids.numpy()) for j in row if j >= 0]),
             tf.ones([int(counts.sum())]),
@@ -98,20 +107,31 @@ def worker(args):
     weights = [dense_kernel, dense_bias, kernel, bias]
     grad_bytes = sum(int(np.prod(w.shape)) * 4 for w in weights)
 
-    def loss_of(hidden):
+    def mean_loss_of(hidden):
+        """The batch mean of the loss."""
         if loss_name == "unfused-dense":
-            return tfl.bpmll_loss(dense, tf.matmul(hidden, kernel) + bias)
+            return tf.reduce_mean(tfl.bpmll_loss(dense, tf.matmul(hidden, kernel) + bias))
         if loss_name == "unfused-ids":
-            return _ids_tf.bpmll_loss_from_padded_ids(ids, tf.matmul(hidden, kernel) + bias)
+            return tf.reduce_mean(_ids_tf.bpmll_loss_from_padded_ids(ids, tf.matmul(hidden, kernel) + bias))
         if loss_name == "head-ids":
-            return head.bpmll_head_loss(ids, hidden, kernel, bias, label_ids=True, chunk_size=args.chunk_size)
-        return head.bpmll_head_loss(dense, hidden, kernel, bias, chunk_size=args.chunk_size)
+            return tf.reduce_mean(head.bpmll_head_loss(ids, hidden, kernel, bias, label_ids=True, chunk_size=args.chunk_size))
+        if loss_name == "head-ids-onepass":
+            return head.bpmll_head_loss(
+                ids, hidden, kernel, bias, label_ids=True, chunk_size=args.chunk_size, reduction="sum_over_batch_size"
+            )
+        if loss_name == "head-dense-onepass":
+            nonzero = tf.where(dense > 0)
+            dense_ids = tf.RaggedTensor.from_value_rowids(tf.cast(nonzero[:, 1], tf.int32), nonzero[:, 0], nrows=batch)
+            return head.bpmll_head_loss(
+                dense_ids, hidden, kernel, bias, label_ids=True, chunk_size=args.chunk_size, reduction="sum_over_batch_size"
+            )
+        return tf.reduce_mean(head.bpmll_head_loss(dense, hidden, kernel, bias, chunk_size=args.chunk_size))
 
     @tf.function(jit_compile=mode == "xla")
     def step():
         with tf.GradientTape() as tape:
             hidden = tf.nn.relu(tf.matmul(x, dense_kernel) + dense_bias)
-            loss = tf.reduce_mean(loss_of(hidden))
+            loss = mean_loss_of(hidden)
         for w, g in zip(weights, tape.gradient(loss, weights)):
             w.assign_sub(0.01 * g)
         return loss
@@ -176,6 +196,9 @@ def jax_compiled_memory(args):
     losses = {
         "unfused-ids": lambda ids, h, w, b: tfl.bpmll_loss_from_ids(ids, h @ w + b),
         "head-ids": lambda ids, h, w, b: head.bpmll_head_loss(ids, h, w, b, label_ids=True, chunk_size=args.chunk_size),
+        "head-ids-onepass": lambda ids, h, w, b: head.bpmll_head_loss(
+            ids, h, w, b, label_ids=True, chunk_size=args.chunk_size, reduction="sum_over_batch_size"
+        ),
     }
     print(f"JAX, batch {args.batch}, d {args.d}, labels {args.labels}: XLA temporaries of the gradient step")
     for name, loss in losses.items():

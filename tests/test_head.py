@@ -4,7 +4,9 @@ and the gradients of hidden, kernel and bias against the unfused path
 (`bpmll_loss` of hidden @ kernel + bias, autodiff), on dense labels (0/1 and
 soft) and padded ids, chunk sizes that do and do not divide the label count,
 batch 0 and 1, rows without pairs, NaN rows, eagerly, under tf.function and
-jit_compile; the top-k over chunks; a Keras model trained on padded ids from
+jit_compile; the reductions (on ids the one-pass form) with row weights,
+their edge rows, NaN and infinite logits and precisions; the top-k over
+chunks; a Keras model trained on padded ids from
 tf.data and on dense labels, saved to .keras and loaded again."""
 
 import os
@@ -173,6 +175,199 @@ def test_top_k_over_chunks(rng, chunk_size):
 
 
 # --------------------------------------------------------------------------
+# Reductions: the one-pass form on ids, the two-pass form reduced on dense
+# labels
+# --------------------------------------------------------------------------
+
+REDUCTIONS = ["sum", "sum_over_batch_size", "mean", "mean_with_sample_weight"]
+
+
+def keras_reduce(rows, reduction, weights):
+    """rows reduced as keras.losses.Loss reduces them (division by 0 gives 0)."""
+    weighted = rows if weights is None else rows * tf.cast(weights, rows.dtype)
+    if reduction in (None, "none"):
+        return weighted
+    total = tf.reduce_sum(weighted)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and weights is not None:
+        return tf.math.divide_no_nan(total, tf.reduce_sum(tf.cast(weights, rows.dtype)))
+    return tf.math.divide_no_nan(total, tf.cast(tf.size(rows), rows.dtype))
+
+
+def unfused_reduced(dense, hidden, kernel, bias, reduction, weights, upstream):
+    """The unfused loss of hidden @ kernel + bias reduced, and the gradients
+    of upstream x that loss."""
+    hidden, kernel, bias = (tf.constant(a) for a in (hidden, kernel, bias))
+    with tf.GradientTape() as tape:
+        tape.watch([hidden, kernel, bias])
+        loss = keras_reduce(tfl.bpmll_loss(tf.constant(dense), tf.matmul(hidden, kernel) + bias), reduction, weights)
+        total = tf.reduce_sum(loss * upstream)
+    return [loss] + tape.gradient(total, [hidden, kernel, bias])
+
+
+def fused_reduced(labels, hidden, kernel, bias, upstream, wrap, **kwargs):
+    return fused(labels, hidden, kernel, bias, upstream, wrap, **kwargs)
+
+
+def assert_matches_extended(got, want, grad_rtol=GRAD_RTOL, loss_rtol=LOSS_RTOL):
+    """As assert_matches, where NaN and infinities may appear: the same
+    entries NaN, +inf and -inf, the finite ones close (the gradients'
+    relative to their finite entries' scale)."""
+    for name, g, w in zip(("loss", "hidden", "kernel", "bias"), got, want):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        assert g.shape == w.shape, name
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{name}: NaN entries")
+        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=f"{name}: +inf entries")
+        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=f"{name}: -inf entries")
+        finite = np.isfinite(w)
+        if not finite.any():
+            continue
+        if name == "loss":
+            np.testing.assert_allclose(g[finite], w[finite], rtol=loss_rtol, atol=0)
+        else:
+            scale = max(np.max(np.abs(w[finite])), np.finfo(np.float32).tiny)
+            error = np.max(np.abs(g[finite] - w[finite])) / scale
+            assert error <= grad_rtol, f"d/d{name}: max abs error {error:.3g} of its scale"
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS))
+@pytest.mark.parametrize("chunk_size", [None, 4, 7, 64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_reduced_loss_matches_the_unfused_loss_and_gradients(rng, form, reduction, chunk_size, wrap):
+    """On ids the one-pass form (gradients in the forward, scaled by the
+    upstream, here 3 and 1), on dense labels the two-pass form reduced; with
+    and without row weights (one of them 0)."""
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    labels = ids if form == "ids" else dense
+    for weights, upstream in ((None, 3.0), (np.array([0.5, 2, 0, 1, 1.5, 1], np.float32), 1.0)):
+        got = fused_reduced(
+            labels, hidden, kernel, bias, tf.constant(upstream), WRAPS[wrap],
+            label_ids=form == "ids", chunk_size=chunk_size, reduction=reduction, sample_weight=weights,
+        )
+        assert got[0].shape == ()
+        assert_matches(got, unfused_reduced(dense, hidden, kernel, bias, reduction, weights, upstream))
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS))
+def test_one_pass_edge_rows(rng, wrap):
+    """Rows with no positive (padding only), every label positive, repeated
+    ids, a label count below the chunk and chunks that do not divide it, a
+    row whose negatives' sum in a chunk is below the fast form's range (its
+    logits +-25: the chunk takes the log-sum-exp form)."""
+    hidden, kernel, bias = problem(rng, batch=5, labels=6)
+    ids = np.array(
+        [[0, 1, 2, 3, 4, 5, -1], [-1, -1, -1, -1, -1, -1, -1], [2, 2, 5, 5, -1, 2, 0], [4, -1, -1, -1, -1, -1, -1],
+         [1, 3, 5, -1, -1, -1, -1]],
+        np.int32,
+    )  # all positive, padding only, repeats, one positive, three
+    dense = np.zeros((5, 6), np.float32)
+    for i, row in enumerate(ids):
+        dense[i, row[row >= 0]] = 1
+    hidden[4] = 0  # row 4's logits are the bias: +25 on its positives, -25 on its negatives
+    bias[:] = np.where(dense[4] > 0, 25, -25)
+    for chunk_size in (None, 4, 5, 6, 100):
+        got = fused(ids, hidden, kernel, bias, tf.constant(2.0), WRAPS[wrap], label_ids=True, chunk_size=chunk_size,
+                    reduction="sum")
+        assert_matches(got, unfused_reduced(dense, hidden, kernel, bias, "sum", None, 2.0))
+        rows = head.bpmll_head_loss_and_rows(ids, hidden, kernel, bias, label_ids=True, chunk_size=chunk_size,
+                                             reduction="sum")[1]
+        want = tfl.bpmll_loss(dense, hidden @ kernel + bias)
+        np.testing.assert_allclose(rows, want, rtol=LOSS_RTOL)
+        assert rows[0] == 0 and rows[1] == 0 and 0 < rows[4] < 1e-20
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS))
+def test_one_pass_nan_and_infinite_logits(rng, wrap):
+    """A NaN logit makes its row's loss and dhidden NaN and, as in the
+    unfused H^T dlogits, all of dkernel and dbias; infinite logits (a bias
+    of +inf on a column that is some rows' positive and others' negative,
+    -inf on another) give the unfused path's infinities and NaNs; a bad id
+    makes its row NaN."""
+    hidden, kernel, bias = problem(rng, labels=23)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    infinite = hidden.copy()
+    bias_inf = bias.copy()
+    bias_inf[ids[0, 0]] = np.inf
+    bias_inf[ids[3, 1]] = -np.inf
+    got = fused(ids, infinite, kernel, bias_inf, tf.constant(1.0), WRAPS[wrap], label_ids=True, chunk_size=7,
+                reduction="sum")
+    want = unfused_reduced(dense, infinite, kernel, bias_inf, "sum", None, 1.0)
+    assert_matches_extended(got, want)
+    with_nan = hidden.copy()
+    with_nan[2, 1] = np.nan
+    got = fused(ids, with_nan, kernel, bias, tf.constant(1.0), WRAPS[wrap], label_ids=True, chunk_size=7,
+                reduction="sum_over_batch_size")
+    want = unfused_reduced(dense, with_nan, kernel, bias, "sum_over_batch_size", None, 1.0)
+    assert np.isnan(got[0]) and np.all(np.isnan(got[2])) and np.all(np.isnan(got[3]))
+    assert_matches_extended(got, want)
+    bad = ids.copy()
+    bad[4, 0] = 23
+    loss, rows = head.bpmll_head_loss_and_rows(bad, hidden, kernel, bias, label_ids=True, chunk_size=7, reduction="sum")
+    assert np.isnan(loss) and np.isnan(rows[4]) and not np.any(np.isnan(np.delete(np.asarray(rows), 4)))
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+def test_one_pass_batch_zero_and_one(rng, batch):
+    hidden, kernel, bias = problem(rng, batch=batch)
+    ids, dense = ids_and_dense(rng, batch, 23, 4, 5)
+    for wrap in WRAPS.values():
+        got = fused(ids, hidden, kernel, bias, tf.constant(1.5), wrap, label_ids=True, chunk_size=5,
+                    reduction="sum_over_batch_size")
+        assert_matches(got, unfused_reduced(dense, hidden, kernel, bias, "sum_over_batch_size", None, 1.5))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(tf.float64, 1e-12), (tf.float16, 2e-2), (tf.bfloat16, 2e-2)])
+def test_one_pass_precisions(rng, dtype, rtol):
+    """float64 throughout; float16/bfloat16 kernels: logits and GEMMs in
+    that dtype, the row statistics in float32, against the unfused loss of
+    the same half-precision logits."""
+    hidden, kernel, bias = (tf.cast(a, dtype) for a in problem(rng, dtype=np.float64))
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    for wrap in (WRAPS["tf.function"], WRAPS["jit_compile"]):
+        got = fused(ids, hidden, kernel, bias, tf.constant(2.0, dtype), wrap, label_ids=True, chunk_size=5,
+                    reduction="sum_over_batch_size")
+        assert got[0].dtype == dtype and all(g.dtype == dtype for g in got[1:])
+        want = unfused_reduced(dense, hidden, kernel, bias, "sum_over_batch_size", None, tf.constant(2.0, dtype))
+        assert_matches_extended([tf.cast(g, tf.float64) for g in got], [tf.cast(w, tf.float64) for w in want],
+                                grad_rtol=rtol if dtype != tf.float64 else 1e-10, loss_rtol=rtol)
+
+
+def test_per_row_weights_and_the_rows_output(rng):
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    weights = np.linspace(0, 2, 6).astype(np.float32)
+    want = tfl.bpmll_loss(dense, hidden @ kernel + bias)
+    for form, labels in (("ids", ids), ("dense", dense)):
+        got = head.bpmll_head_loss(labels, hidden, kernel, bias, label_ids=form == "ids", sample_weight=weights)
+        np.testing.assert_allclose(got, want * weights, rtol=LOSS_RTOL)
+        for reduction in ("none", None):
+            got = head.bpmll_head_loss(labels, hidden, kernel, bias, label_ids=form == "ids", reduction=reduction)
+            np.testing.assert_allclose(got, want, rtol=LOSS_RTOL)
+    # The one-pass form's per-row loss: the unweighted rows, without a gradient.
+    kernel_t = tf.constant(kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(kernel_t)
+        loss, rows = head.bpmll_head_loss_and_rows(ids, hidden, kernel_t, bias, label_ids=True, reduction="sum",
+                                                   sample_weight=weights)
+    np.testing.assert_allclose(rows, want, rtol=LOSS_RTOL)
+    np.testing.assert_allclose(loss, np.sum(want * weights), rtol=LOSS_RTOL)
+    assert tape.gradient(rows, kernel_t) is None
+
+
+def test_bad_reduction_and_sample_weight_raise():
+    args = (tf.zeros([2, 4]), tf.zeros([2, 3]), tf.zeros([3, 4]))
+    with pytest.raises(ValueError, match=r"reduction must be one of"):
+        head.bpmll_head_loss(*args, reduction="average")
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(\) or \(2,\)"):
+        head.bpmll_head_loss(*args, reduction="sum", sample_weight=tf.ones([3]))
+    with pytest.raises(ValueError, match=r"sample_weight must be rank 0 or 1"):
+        head.bpmll_head_loss(*args, reduction="sum", sample_weight=tf.ones([2, 1]))
+
+
+# --------------------------------------------------------------------------
 # The Keras layer
 # --------------------------------------------------------------------------
 
@@ -209,6 +404,30 @@ def test_keras_trains_on_padded_ids_from_tf_data_and_round_trips(rng, tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.evaluate((x, ids), batch_size=128, verbose=0), model.evaluate((x, ids), batch_size=128, verbose=0), rtol=1e-6)
     assert loaded.layers[-1].get_config()["label_ids"] is True
+
+
+@pytest.mark.parametrize("label_ids", [True, False])
+def test_keras_layer_loss_and_gradients_match_the_unfused_mean(rng, label_ids):
+    """The layer's added loss (on ids the one-pass form) and its gradients
+    for the kernel, bias and the layer's input are those of the batch mean
+    of the unfused loss of its logits."""
+    hidden = tf.constant(rng.normal(size=(8, 5)).astype(np.float32))
+    ids, dense = ids_and_dense(rng, 8, 30, 4, 6)
+    layer = BPMLLHead(30, label_ids=label_ids, chunk_size=7, bias_initializer="random_normal")
+    layer.build(hidden.shape)
+    weights = [layer.kernel, layer.bias]
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        rows = layer(hidden, labels=tf.constant(ids if label_ids else dense))
+        loss = tf.add_n(layer.losses)
+    got = [loss] + tape.gradient(loss, [hidden] + weights)
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        want_rows = tfl.bpmll_loss(dense, hidden @ layer.kernel + layer.bias)
+        want_loss = tf.reduce_mean(want_rows)
+    want = [want_loss] + tape.gradient(want_loss, [hidden] + weights)
+    np.testing.assert_allclose(rows, want_rows, rtol=LOSS_RTOL)
+    assert_matches(got, want)
 
 
 def test_keras_trains_on_dense_labels(rng):

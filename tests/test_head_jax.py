@@ -3,7 +3,8 @@ the per-row loss and the gradients of hidden, kernel and bias against the
 unfused path (the JAX `bpmll_loss` of hidden @ kernel + bias, autodiff), on
 dense labels and padded ids, chunk sizes that do and do not divide the label
 count, batch 0 and 1, rows without pairs, eagerly and under jax.jit; the
-top-k over chunks; BPMLLHead trained with Keras on the JAX backend. Needs
+reductions (on ids the one-pass form) with row weights, their edge rows, NaN
+and infinite logits and half precision; the top-k over chunks; BPMLLHead trained with Keras on the JAX backend. Needs
 jax (skips without it); no TensorFlow."""
 
 import os
@@ -109,6 +110,175 @@ def test_nan_logits_and_bad_ids_give_their_row_nan(rng):
     rest = [1, 2, 3, 5]
     want = tfl.bpmll_loss(jnp.asarray(dense[rest]), hidden[jnp.asarray(rest)] @ kernel + bias)
     np.testing.assert_allclose(loss[rest], want, rtol=LOSS_RTOL)
+
+
+# --------------------------------------------------------------------------
+# Reductions: the one-pass form on ids, the two-pass form reduced on dense
+# labels
+# --------------------------------------------------------------------------
+
+REDUCTIONS = ["sum", "sum_over_batch_size", "mean", "mean_with_sample_weight"]
+
+
+def keras_reduce(rows, reduction, weights):
+    """rows reduced as keras.losses.Loss reduces them (division by 0 gives 0)."""
+    weighted = rows if weights is None else rows * weights
+    if reduction in (None, "none"):
+        return weighted
+    total = jnp.sum(weighted)
+    if reduction == "mean_with_sample_weight" and weights is not None:
+        divisor = jnp.sum(weights)
+    else:
+        divisor = 1.0 if reduction == "sum" else float(rows.shape[0])
+    return jnp.where(divisor == 0, 0, total / jnp.where(divisor == 0, 1, divisor))
+
+
+def reduced_pair(labels, dense, upstream, reduction, weights=None, label_ids=True, **kwargs):
+    """(fused, unfused) value-and-gradient functions of upstream x the
+    reduced loss."""
+
+    def scaled(loss_fn):
+        def total(hidden, kernel, bias):
+            loss = loss_fn(hidden, kernel, bias)
+            return jnp.sum(loss * upstream), loss
+
+        return jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)
+
+    fused = scaled(
+        lambda h, k, b: head.bpmll_head_loss(
+            jnp.asarray(labels), h, k, b, label_ids=label_ids, reduction=reduction, sample_weight=weights, **kwargs
+        )
+    )
+    unfused = scaled(lambda h, k, b: keras_reduce(tfl.bpmll_loss(jnp.asarray(dense), h @ k + b), reduction, weights))
+    return fused, unfused
+
+
+def assert_matches_extended(got, want, grad_rtol=GRAD_RTOL, loss_rtol=LOSS_RTOL):
+    """As assert_matches, where NaN and infinities may appear: the same
+    entries NaN, +inf and -inf, the finite ones close (the gradients'
+    relative to their finite entries' scale)."""
+    (_, got_loss), got_grads = got
+    (_, want_loss), want_grads = want
+    for name, g, w in zip(("loss", "hidden", "kernel", "bias"), (got_loss,) + tuple(got_grads),
+                          (want_loss,) + tuple(want_grads)):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        assert g.shape == w.shape, name
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{name}: NaN entries")
+        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=f"{name}: +inf entries")
+        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=f"{name}: -inf entries")
+        finite = np.isfinite(w)
+        if not finite.any():
+            continue
+        if name == "loss":
+            np.testing.assert_allclose(g[finite], w[finite], rtol=loss_rtol, atol=0)
+        else:
+            scale = max(np.max(np.abs(w[finite])), np.finfo(np.float32).tiny)
+            error = np.max(np.abs(g[finite] - w[finite])) / scale
+            assert error <= grad_rtol, f"d/d{name}: max abs error {error:.3g} of its scale"
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 4, 7, 64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_reduced_loss_matches_the_unfused_loss_and_gradients(rng, form, reduction, chunk_size, jit):
+    """On ids the one-pass form (gradients in the forward, scaled by the
+    upstream, here 3 and 1), on dense labels the two-pass form reduced; with
+    and without row weights (one of them 0)."""
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    for weights, upstream in ((None, 3.0), (jnp.asarray([0.5, 2, 0, 1, 1.5, 1], jnp.float32), 1.0)):
+        fused, unfused = reduced_pair(ids if form == "ids" else dense, dense, upstream, reduction, weights,
+                                      label_ids=form == "ids", chunk_size=chunk_size)
+        got = (jax.jit(fused) if jit else fused)(hidden, kernel, bias)
+        assert got[0][1].shape == ()
+        assert_matches(got, unfused(hidden, kernel, bias))
+
+
+def test_one_pass_edge_rows(rng):
+    """Rows with no positive (padding only), every label positive, repeated
+    ids, a label count below the chunk and chunks that do not divide it, a
+    row with logits +-25 (tiny terms: still the loss to float32 precision)."""
+    hidden, kernel, bias = problem(rng, batch=5, labels=6)
+    ids = np.array(
+        [[0, 1, 2, 3, 4, 5, -1], [-1, -1, -1, -1, -1, -1, -1], [2, 2, 5, 5, -1, 2, 0], [4, -1, -1, -1, -1, -1, -1],
+         [1, 3, 5, -1, -1, -1, -1]],
+        np.int32,
+    )
+    dense = np.zeros((5, 6), np.float32)
+    for i, row in enumerate(ids):
+        dense[i, row[row >= 0]] = 1
+    hidden = hidden.at[4].set(0)
+    bias = jnp.asarray(np.where(dense[4] > 0, 25, -25), jnp.float32)
+    for chunk_size in (None, 4, 5, 6, 100):
+        fused, unfused = reduced_pair(ids, dense, 2.0, "sum", chunk_size=chunk_size)
+        assert_matches(jax.jit(fused)(hidden, kernel, bias), unfused(hidden, kernel, bias))
+        rows = head.bpmll_head_loss_and_rows(jnp.asarray(ids), hidden, kernel, bias, label_ids=True,
+                                             chunk_size=chunk_size, reduction="sum")[1]
+        np.testing.assert_allclose(rows, tfl.bpmll_loss(jnp.asarray(dense), hidden @ kernel + bias), rtol=LOSS_RTOL)
+        assert rows[0] == 0 and rows[1] == 0 and 0 < rows[4] < 1e-20
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_one_pass_nan_and_infinite_logits(rng, jit):
+    """A NaN logit makes its row's loss and dhidden NaN and all of dkernel
+    and dbias, as the unfused H^T dlogits; infinite logits give the unfused
+    path's infinities and NaNs; a bad id makes its row NaN."""
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    bias_inf = bias.at[ids[0, 0]].set(jnp.inf).at[ids[3, 1]].set(-jnp.inf)
+    fused, unfused = reduced_pair(ids, dense, 1.0, "sum", chunk_size=7)
+    got = (jax.jit(fused) if jit else fused)(hidden, kernel, bias_inf)
+    assert_matches_extended(got, unfused(hidden, kernel, bias_inf))
+    with_nan = hidden.at[2, 1].set(jnp.nan)
+    fused, unfused = reduced_pair(ids, dense, 1.0, "sum_over_batch_size", chunk_size=7)
+    got = (jax.jit(fused) if jit else fused)(with_nan, kernel, bias)
+    assert np.isnan(got[0][1]) and np.all(np.isnan(got[1][1])) and np.all(np.isnan(got[1][2]))
+    assert_matches_extended(got, unfused(with_nan, kernel, bias))
+    bad = ids.copy()
+    bad[4, 0] = 23
+    loss, rows = head.bpmll_head_loss_and_rows(jnp.asarray(bad), hidden, kernel, bias, label_ids=True, chunk_size=7,
+                                               reduction="sum")
+    assert np.isnan(loss) and np.isnan(rows[4]) and not np.any(np.isnan(np.delete(np.asarray(rows), 4)))
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+def test_one_pass_batch_zero_and_one(rng, batch):
+    hidden, kernel, bias = problem(rng, batch=batch)
+    ids, dense = ids_and_dense(rng, batch, 23, 4, 5)
+    fused, unfused = reduced_pair(ids, dense, 1.5, "sum_over_batch_size", chunk_size=5)
+    assert_matches(jax.jit(fused)(hidden, kernel, bias), unfused(hidden, kernel, bias))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float16, 2e-2), (jnp.bfloat16, 2e-2)])
+def test_one_pass_half_precision(rng, dtype, rtol):
+    """float16/bfloat16 kernels: logits and GEMMs in that dtype, the row
+    statistics in float32, against the unfused loss of the same logits."""
+    hidden, kernel, bias = (a.astype(dtype) for a in problem(rng))
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    fused, unfused = reduced_pair(ids, dense, 2.0, "sum_over_batch_size", chunk_size=5)
+    got = jax.jit(fused)(hidden, kernel, bias)
+    assert got[0][1].dtype == dtype and all(g.dtype == dtype for g in got[1])
+    cast = lambda result: ((result[0][0], result[0][1].astype(jnp.float32)), [g.astype(jnp.float32) for g in result[1]])  # noqa: E731
+    assert_matches_extended(cast(got), cast(unfused(hidden, kernel, bias)), grad_rtol=rtol, loss_rtol=rtol)
+
+
+def test_per_row_weights_and_the_rows_output(rng):
+    hidden, kernel, bias = problem(rng)
+    ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
+    weights = jnp.linspace(0, 2, 6)
+    want = tfl.bpmll_loss(jnp.asarray(dense), hidden @ kernel + bias)
+    for form, labels in (("ids", ids), ("dense", dense)):
+        got = head.bpmll_head_loss(jnp.asarray(labels), hidden, kernel, bias, label_ids=form == "ids",
+                                   sample_weight=weights)
+        np.testing.assert_allclose(got, want * weights, rtol=LOSS_RTOL)
+    # The one-pass form's per-row loss: the unweighted rows, without a gradient.
+    def rows_total(kernel):
+        return jnp.sum(head.bpmll_head_loss_and_rows(jnp.asarray(ids), hidden, kernel, bias, label_ids=True,
+                                                     reduction="sum", sample_weight=weights)[1])
+
+    np.testing.assert_allclose(rows_total(kernel), jnp.sum(want), rtol=LOSS_RTOL)
+    assert not np.any(jax.grad(rows_total)(kernel))
 
 
 @pytest.mark.parametrize("chunk_size", [3, 8, 23])

@@ -1,34 +1,51 @@
-"""The fused linear BP-MLL head on TensorFlow: the per-row loss of
-hidden @ kernel + bias against labels, with gradients for hidden, kernel and
-bias, without ever holding the (batch, labels) logits or their gradient.
+"""The fused linear BP-MLL head on TensorFlow: the loss of hidden @ kernel +
+bias against labels, per row or reduced, with gradients for hidden, kernel
+and bias, without ever holding the (batch, labels) logits or their gradient.
 
 The labels are walked in chunks of `width` columns (a tf.while_loop, so a
 traced function holds one copy of the step, and `parallel_iterations=1`, so
 one chunk's scratch is alive at a time). BP-MLL factors per row,
-loss = P N / (|Y| |Ybar|) with P = sum y e^{-c}, N = sum (1-y) e^{c}:
+loss = P N / (|Y| |Ybar|) with P = sum y e^{-c}, N = sum (1-y) e^{c}. Two
+forms; which runs when:
 
-* forward, one pass: each chunk's logits (a GEMM), folded into log P and
-  log N (log-sum-exp, max-shifted per chunk, combined across chunks in the
-  log domain) and the label counts;
-* backward, a second pass (Cut Cross-Entropy's recompute): each chunk's
-  logits again (a GEMM), its dlogits in closed form from the saved per-row
-  statistics, dhidden += dlogits kernel_chunk^T and dkernel_chunk =
-  hidden^T dlogits (two GEMMs): four GEMMs per step against the unfused
-  step's three, for O(batch x chunk) scratch instead of the logits, their
-  gradient and the fused op's cached gradient.
+* one pass (`_one_pass_head`): label ids with a reduction (reduction=
+  "sum", "sum_over_batch_size", ...; BPMLLHead's training loss). The
+  upstream gradient is one scalar times known row weights, so the forward
+  computes all three gradients and the backward scales them (Liger-Kernel's
+  fused linear cross-entropy, with BP-MLL's factored form): P first from
+  the positives' gathered kernel columns, then one pass of chunks, each its
+  logits (a GEMM), its negatives' dlogits at once and their share of the
+  gradients (two GEMMs), accumulating N; then the positives' gradient
+  through the gathered columns. The unfused step's three GEMMs. A chunk
+  takes a fast form (one exp per logit, N from the dlogits' row sums) where
+  every logit is finite and the row sums are in range, else the max-shifted
+  log-sum-exp (see `_one_pass`).
+* two passes (`_fused_head`): no reduction (a per-row loss whose upstream
+  may be anything: H^T diag(g) dC cannot be rescaled afterwards), and dense
+  labels with or without a reduction (their positives have no static
+  shape, and soft labels weigh every column on both sides, so P cannot come
+  first from gathered columns; the reduction is then applied to the rows).
+  The forward folds each chunk's logits (a GEMM) into log P, log N
+  (log-sum-exp, max-shifted per chunk, combined across chunks in the log
+  domain) and the label counts; the backward recomputes each chunk's
+  logits (Cut Cross-Entropy's recompute), forms its dlogits in closed form
+  from the saved per-row statistics, dhidden += dlogits kernel_chunk^T and
+  dkernel_chunk = hidden^T dlogits (two GEMMs): four GEMMs per step.
+Both: O(batch x chunk) scratch instead of the logits, their gradient and
+the fused op's cached gradient.
 
 With label ids the chunk's positive columns come from the ids (scattered
-into a (batch, chunk) mask), so the negatives' sum skips them exactly rather
-than subtracting them from a total; each positive's logit comes from the
-same chunk GEMM as the negatives' (no separate gather of the positives'
-kernel columns, which the two-pass form does not need, and whose dot
-products could round differently from the GEMM's). The kernel's gradient
-is written in place under XLA (dynamic-update-slice into the loop's carry);
-outside XLA it collects in a TensorArray and is assembled once (transient
-copies of the kernel gradient). The numerics and the NaN/inf rule are
-those of `_tf_pure._bpmll_rows` (docs/semantics.md), except that bad labels
-and bad ids give their row NaN rather than raising (the head may run under
-XLA, where nothing can raise).
+into the chunk), so the negatives' sum skips them exactly rather than
+subtracting them from a total. The two-pass form takes each positive's
+logit from the chunk GEMM; the one-pass form from a dot product with its
+gathered column (which may round differently from the GEMM's, well within
+float32 tolerance). The kernel's gradient is written in place under XLA
+(dynamic-update-slice into the loop's carry); outside XLA it collects in a
+TensorArray and is assembled once (transient copies of the kernel
+gradient). The numerics and the NaN/inf rule are those of
+`_tf_pure._bpmll_rows` (docs/semantics.md), except that bad labels and bad
+ids give their row NaN rather than raising (the head may run under XLA,
+where nothing can raise).
 """
 
 import numpy as np
@@ -39,7 +56,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import _loader
-from ._head_validation import check_head_arguments, chunk_width
+from ._head_validation import check_head_arguments, check_reduction, chunk_width, reduction_divisor
 from ._tf_pure import _exp_difference, _exp_extended, _row_logsumexp
 
 
@@ -76,15 +93,29 @@ class _Labels:
         else:
             self.labels = labels
 
-    def positives(self, start, width):
-        """(batch, width) bool: the chunk's columns that are a row's positive label."""
+    def _chunk_positions(self, start, width):
+        """Each id's (row, column) in the chunk, (batch, ids, 2), and whether
+        it is a counted id inside the chunk; the others point at column 0,
+        where their update must change nothing."""
         local = self.ids - start
         in_chunk = tf.logical_and(self.valid_ids, tf.logical_and(local >= 0, local < width))
         rows = tf.broadcast_to(tf.range(tf.shape(self.ids)[0])[:, None], tf.shape(self.ids))
+        return tf.stack([rows, tf.where(in_chunk, local, tf.zeros_like(local))], axis=-1), in_chunk
+
+    def positives(self, start, width):
+        """(batch, width) bool: the chunk's columns that are a row's positive label."""
+        where, in_chunk = self._chunk_positions(start, width)
         # Out-of-chunk ids scatter a 0 to column 0, which adds nothing.
-        where = tf.stack([rows, tf.where(in_chunk, local, tf.zeros_like(local))], axis=-1)
         hits = tf.scatter_nd(where, tf.cast(in_chunk, tf.int32), tf.stack([tf.shape(self.ids)[0], width]))
         return hits > 0
+
+    def without_positives(self, start, width, terms):
+        """terms (batch, width), >= 0, with the chunk's positive columns set
+        to exactly 0 (a scatter of the ids alone, no pass over a mask): a
+        scatter-min of 0 there and of +inf (no change) for other ids."""
+        where, in_chunk = self._chunk_positions(start, width)
+        updates = tf.where(in_chunk, tf.zeros([], terms.dtype), tf.constant(np.inf, terms.dtype))
+        return tf.tensor_scatter_nd_min(terms, where, updates)
 
     def terms(self, start, width, c):
         """(positive, negative, log_pos_terms, log_neg_terms, y or None) of
@@ -149,9 +180,18 @@ def _chunk_logits(hidden, kernel, bias, start, width, acc):
     return kernel_chunk, tf.cast(logits, acc)
 
 
-def bpmll_head_loss(labels, hidden, kernel, bias=None, *, label_ids=False, chunk_size=None, name=None):
-    """Per-row BP-MLL loss (batch,) of hidden @ kernel + bias against labels,
-    in kernel's dtype; see `head.bpmll_head_loss`."""
+def bpmll_head_loss(labels, hidden, kernel, bias=None, **options):
+    """BP-MLL of hidden @ kernel + bias against labels, per row (batch,) or
+    reduced to a scalar, in kernel's dtype; options (label_ids, chunk_size,
+    reduction, sample_weight, name) and rules as `head.bpmll_head_loss`."""
+    return bpmll_head_loss_and_rows(labels, hidden, kernel, bias, **options)[0]
+
+
+def bpmll_head_loss_and_rows(
+    labels, hidden, kernel, bias=None, *, label_ids=False, chunk_size=None, reduction=None, sample_weight=None, name=None
+):
+    """(loss, per-row loss): `bpmll_head_loss` and the unweighted per-row
+    loss (batch,) it reduced; see `head.bpmll_head_loss_and_rows`."""
     with tf.name_scope(name or "bpmll_head_loss"):
         if isinstance(labels, tf.RaggedTensor):
             if not label_ids:
@@ -161,15 +201,49 @@ def bpmll_head_loss(labels, hidden, kernel, bias=None, *, label_ids=False, chunk
         hidden = tf.convert_to_tensor(hidden)
         kernel = tf.convert_to_tensor(kernel)
         bias = None if bias is None else tf.convert_to_tensor(bias)
+        sample_weight = None if sample_weight is None else tf.convert_to_tensor(sample_weight)
         label_count = check_head_arguments(labels, hidden, kernel, bias, label_ids)
+        reduction = check_reduction(reduction, sample_weight, hidden.shape[0])
         compute = kernel.dtype
         acc = tf.float64 if compute == tf.float64 else tf.float32
         width = chunk_width(chunk_size, hidden.shape[0], label_count)
         labels = tf.stop_gradient(labels)
         # Without a bias the head adds zeros, whose gradient is dropped.
         bias_or_zeros = tf.zeros([label_count], compute) if bias is None else tf.cast(bias, compute)
-        loss = _fused_head(labels, label_ids, label_count, width, acc, tf.cast(hidden, compute), kernel, bias_or_zeros)
-        return loss
+        chunk_labels = _Labels(labels, label_ids, label_count, acc)
+        weights, divisor = _weights_and_divisor(reduction, sample_weight, tf.shape(hidden)[0], acc)
+        hidden = tf.cast(hidden, compute)
+        if reduction is not None and label_ids:
+            return _one_pass_head(chunk_labels, weights, divisor, width, hidden, kernel, bias_or_zeros)
+        rows = _fused_head(chunk_labels, width, hidden, kernel, bias_or_zeros)
+        if weights is not None:
+            weighted = tf.cast(rows, acc) * weights
+        else:
+            weighted = tf.cast(rows, acc)
+        if reduction is None:
+            return tf.cast(weighted, compute), rows
+        return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(weighted), divisor), compute), rows
+
+
+def _weights_and_divisor(reduction, sample_weight, batch, acc):
+    """The row weights (batch,), or None for all 1, and what their weighted
+    sum is divided by (None without a reduction; `reduction_divisor`)."""
+    weights = None if sample_weight is None else tf.broadcast_to(tf.cast(sample_weight, acc), tf.reshape(batch, [1]))
+    divisor = reduction_divisor(reduction, weights is not None)
+    if divisor is None:
+        return weights, None
+    if divisor == "weight_sum":
+        return weights, tf.reduce_sum(weights)
+    return weights, tf.ones([], acc) if divisor == "one" else tf.cast(batch, acc)
+
+
+def _pairs(pos_count, neg_count):
+    """Per row: whether it has a (positive, negative) pair, and log |Y| |Ybar|
+    (0 where it has none)."""
+    has_pairs = tf.logical_and(pos_count > 0, neg_count > 0)
+    one = tf.ones_like(pos_count)
+    log_pairs = tf.math.log(tf.where(has_pairs, pos_count, one)) + tf.math.log(tf.where(has_pairs, neg_count, one))
+    return has_pairs, log_pairs
 
 
 def _row_statistics(chunk_labels, hidden, kernel, bias, label_count, width, acc):
@@ -205,9 +279,7 @@ def _row_statistics(chunk_labels, hidden, kernel, bias, label_count, width, acc)
     if chunk_labels.label_ids:
         pos_count, neg_count = chunk_labels.pos_count, chunk_labels.neg_count
         nan_row = tf.logical_or(nan_row, chunk_labels.bad_rows)
-    has_pairs = tf.logical_and(pos_count > 0, neg_count > 0)
-    one = tf.ones_like(pos_count)
-    log_pairs = tf.math.log(tf.where(has_pairs, pos_count, one)) + tf.math.log(tf.where(has_pairs, neg_count, one))
+    has_pairs, log_pairs = _pairs(pos_count, neg_count)
     log_loss = log_p + log_n - log_pairs
     loss = _exp_extended(log_loss)
     keep = tf.logical_and(has_pairs, tf.logical_not(nan_row))
@@ -243,13 +315,15 @@ def _chunk_dlogits(chunk_labels, statistics, start, width, c, upstream):
     return upstream[:, None] * grad
 
 
-def _fused_head(labels, label_ids, label_count, width, acc, hidden, kernel, bias):
-    chunk_labels = _Labels(labels, label_ids, label_count, acc)
+def _fused_head(chunk_labels, width, hidden, kernel, bias):
+    """The per-row loss (batch,) in the compute dtype, two passes (a forward
+    of the row statistics, the backward recomputing each chunk)."""
+    acc = chunk_labels.acc
     compute = kernel.dtype
 
     @tf.custom_gradient
     def head(hidden, kernel, bias):
-        loss, statistics = _row_statistics(chunk_labels, hidden, kernel, bias, label_count, width, acc)
+        loss, statistics = _row_statistics(chunk_labels, hidden, kernel, bias, chunk_labels.label_count, width, acc)
 
         def grad(upstream):
             return _backward(chunk_labels, statistics, hidden, kernel, bias, tf.cast(upstream, acc), width)
@@ -259,75 +333,270 @@ def _fused_head(labels, label_ids, label_count, width, acc, hidden, kernel, bias
     return head(hidden, kernel, bias)
 
 
+def _one_pass_head(chunk_labels, weights, divisor, width, hidden, kernel, bias):
+    """(loss, per-row loss) of a reduction over label ids, in the compute
+    dtype: sum_i weights_i loss_i / divisor, whose upstream is one scalar
+    times known row weights. So all three gradients are computed in the
+    forward, in one pass over the label chunks (`_one_pass`), and the
+    backward only scales them by the scalar upstream (as Liger-Kernel's
+    fused linear cross-entropy does). The per-row loss carries no gradient."""
+    acc = chunk_labels.acc
+    compute = kernel.dtype
+    batch = tf.shape(hidden)[0]
+    if weights is None:
+        weights = tf.ones(tf.reshape(batch, [1]), acc)
+
+    @tf.custom_gradient
+    def head(hidden, kernel, bias):
+        row_scale = tf.math.divide_no_nan(weights, divisor)
+        rows, gradients, any_nan = _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias)
+        loss = tf.math.divide_no_nan(tf.reduce_sum(weights * rows), divisor)
+
+        def grad(upstream, upstream_rows):
+            del upstream_rows  # the per-row loss is returned through stop_gradient
+            return _scaled_gradients(gradients, any_nan, tf.cast(upstream, acc), hidden.dtype, bias.dtype)
+
+        return (tf.cast(loss, compute), tf.cast(rows, compute)), grad
+
+    loss, rows = head(hidden, kernel, bias)
+    return loss, tf.stop_gradient(rows)
+
+
+def _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias):
+    """The per-row loss (batch,), the gradients of sum_i row_scale_i loss_i
+    (dhidden and dbias in the accumulation dtype, dkernel in the compute
+    dtype) and whether a row is NaN, in one pass over the label chunks: the
+    unfused step's three GEMMs.
+
+    Per row, loss = A N / pairs with A = sum_pos e^{-c}, N = sum_neg e^{c};
+    d/dc_l = e^{c_l} A / pairs on a negative, -e^{-c_k} N / pairs on a
+    positive. So:
+    1. A from the positives' logits, one dot product each with their
+       gathered kernel columns (batch x ids x d work), in the log domain;
+    2. per chunk: its logits (a GEMM), the negatives' dlogits at once
+       (the positives' are exactly 0 here, by id), log N accumulated over
+       the negatives, and the dlogits' share of the gradients (two GEMMs).
+       Fast form: the terms e^{c + log A - log pairs} are the dlogits over
+       row_scale and sum to N e^{log A - log pairs}, one exp per logit;
+       where a logit is not finite or a row's sum is out of range, the
+       chunk takes the max-shifted log-sum-exp and extended arithmetic;
+    3. the positives' dlogits, now that N is known, through the same gathered
+       columns: dhidden += dc W[:, k], and h_i dc_ik scatter-added into the
+       kernel's columns (dc_ik into the bias's).
+    A NaN row (a NaN logit, only known at the end, or a bad id) is NaN
+    across its dhidden row, and makes every column of dkernel and dbias NaN
+    as H^T dlogits does; that scaling is left to `_scaled_gradients`.
+    """
+    acc = chunk_labels.acc
+    compute = kernel.dtype
+    neg_inf = tf.constant(-np.inf, acc)
+    ids, valid = chunk_labels.ids, chunk_labels.valid_ids
+    has_pairs, log_pairs = _pairs(chunk_labels.pos_count, chunk_labels.neg_count)
+    # Rows whose gradient is known to be 0 (no pairs) or NaN (a bad id, set
+    # at the end) skip the chunks' arithmetic.
+    counted = tf.logical_and(has_pairs, tf.logical_not(chunk_labels.bad_rows))
+    positive_kernel = tf.gather(kernel, ids, axis=1)  # (d, batch, ids)
+    positive_logits = tf.einsum("bd,dbk->bk", hidden, positive_kernel) + tf.gather(bias, ids)
+    positive_logits = tf.cast(positive_logits, acc)
+    log_a = _row_logsumexp(tf.where(valid, -positive_logits, neg_inf))
+    log_negative_factor = (log_a - log_pairs)[:, None]
+    zero = tf.zeros([], acc)
+
+    # The fast form of a chunk (see chunk_gradients) for rows whose factor is
+    # finite; other rows' terms are made 0 by a factor of -1e30 (finite, so
+    # that no infinity meets exp).
+    fast_rows = tf.logical_and(counted, tf.math.is_finite(log_negative_factor[:, 0]))
+    fast_factor = tf.where(fast_rows, log_negative_factor[:, 0], tf.constant(-1e30, acc))[:, None]
+    all_rows_fast = tf.reduce_all(tf.equal(fast_rows, counted))
+    smallest_sum = tf.constant(2.0**-64 if acc == tf.float32 else 2.0**-900, acc)
+
+    def chunk_gradients(start, width, transposed, state):
+        log_n, nan_row = state
+        kernel_chunk, c = _chunk_logits(hidden, kernel, bias, start, width, acc)
+        # Fast form: the negatives' terms e^{c + log A - log pairs} are the
+        # dlogits over row_scale, and they sum to N e^{log A - log pairs};
+        # one exp per logit and no mask pass. It holds where every logit is
+        # finite (no NaN row to find, no infinity for exp) and each counted
+        # row's sum is in a range where it keeps float32's relative
+        # precision (each flushed or subnormal term errs by < 2^-126, the
+        # sum is >= 2^-64) and does not overflow.
+        terms = chunk_labels.without_positives(start, width, tf.exp(c + fast_factor))
+        term_sums = tf.reduce_sum(terms, axis=1)
+        sums_in_range = tf.logical_and(term_sums >= smallest_sum, term_sums <= acc.max)
+        finite_logits = tf.math.is_finite(tf.reduce_sum(c, axis=1))
+        fast = tf.logical_and(
+            all_rows_fast,
+            tf.reduce_all(tf.logical_and(finite_logits, tf.logical_or(sums_in_range, tf.logical_not(counted)))),
+        )
+
+        def fast_form():
+            return row_scale[:, None] * terms, _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0]), nan_row
+
+        def exact_form():
+            # Log-sum-exp with the row's maximum shifted out, and the
+            # dlogits in extended arithmetic.
+            positive = chunk_labels.positives(start, width)
+            exact_log_n = _logaddexp(log_n, _row_logsumexp(tf.where(positive, neg_inf, c)))
+            exact_nan_row = tf.logical_or(nan_row, tf.reduce_any(tf.math.is_nan(c), axis=1))
+            negative_counted = tf.logical_and(counted[:, None], tf.logical_not(positive))
+            dlogits = row_scale[:, None] * tf.where(negative_counted, _exp_extended(c + log_negative_factor), zero)
+            return dlogits, exact_log_n, exact_nan_row
+
+        dlogits, log_n, nan_row = tf.cond(fast, fast_form, exact_form)
+        return _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed) + ((log_n, nan_row),)
+
+    def positive_dlogits(log_n):
+        """(batch, ids): -row_scale e^{-c_k + log N - log pairs} at the
+        counted ids, exactly 0 at the others."""
+        positive_side = _exp_extended(-positive_logits + (log_n - log_pairs)[:, None])
+        return -row_scale[:, None] * tf.where(tf.logical_and(counted[:, None], valid), positive_side, zero)
+
+    def positive_columns(state):
+        """The positives' columns of the kernel gradient, h_i dc_ik, one per
+        id (batch x ids, d); exactly 0 where the id is not counted (not
+        0 x h_i, which an infinite h_i would make NaN)."""
+        dpositive = tf.cast(positive_dlogits(state[0]), compute)
+        columns = tf.where(valid[:, :, None], tf.einsum("bk,bd->bkd", dpositive, hidden), tf.zeros([], compute))
+        return tf.reshape(ids, [-1]), tf.reshape(columns, tf.stack([-1, tf.shape(hidden)[1]]))
+
+    batch = tf.shape(hidden)[0]
+    start_state = (tf.fill([batch], neg_inf), tf.zeros([batch], tf.bool))
+    dhidden, dkernel, dbias, (log_n, nan_row) = _gradient_loop(
+        chunk_gradients, hidden, kernel, chunk_labels.label_count, width, start_state, positive_columns
+    )
+    nan_row = tf.logical_or(nan_row, chunk_labels.bad_rows)
+    keep = tf.logical_and(has_pairs, tf.logical_not(nan_row))
+    nan = tf.constant(np.nan, acc)
+    rows = tf.where(keep, _exp_extended(log_a + log_n - log_pairs), tf.where(nan_row, nan, zero))
+    dpositive = positive_dlogits(log_n)
+    dhidden += tf.cast(tf.einsum("bk,dbk->bd", tf.cast(dpositive, compute), positive_kernel), acc)
+    dbias = tf.tensor_scatter_nd_add(dbias, tf.reshape(ids, [-1, 1]), tf.reshape(dpositive, [-1]))
+    dhidden = tf.where(nan_row[:, None], nan, dhidden)
+    return rows, (dhidden, dkernel, dbias), tf.reduce_any(nan_row)
+
+
+def _scaled_gradients(gradients, any_nan, upstream, hidden_dtype, bias_dtype):
+    """The one-pass gradients times the scalar upstream, in the arguments'
+    dtypes. Any NaN row makes the kernel's and bias's gradients NaN
+    throughout (as the unfused H^T dlogits); where the upstream is 1 and no
+    row is NaN (Keras' added loss, no loss scaling) the weight gradients
+    pass as they are, saving a pass over the kernel gradient."""
+    dhidden, dkernel, dbias = gradients
+    weight_scale = tf.where(any_nan, tf.constant(np.nan, upstream.dtype), upstream)
+    dkernel, dbias = tf.cond(
+        tf.equal(weight_scale, 1),
+        lambda: (dkernel, dbias),
+        lambda: (dkernel * tf.cast(weight_scale, dkernel.dtype), dbias * weight_scale),
+    )
+    return tf.cast(dhidden * upstream, hidden_dtype), dkernel, tf.cast(dbias, bias_dtype)
+
+
 def _backward(chunk_labels, statistics, hidden, kernel, bias, upstream, width):
     """The backward pass: per chunk the logits again, their dlogits, and the
     chunk's share of the three gradients."""
-    acc = upstream.dtype
     compute = kernel.dtype
 
-    def chunk_gradients(start, width, transposed):
-        kernel_chunk, c = _chunk_logits(hidden, kernel, bias, start, width, acc)
+    def chunk_gradients(start, width, transposed, state):
+        kernel_chunk, c = _chunk_logits(hidden, kernel, bias, start, width, upstream.dtype)
         dlogits = _chunk_dlogits(chunk_labels, statistics, start, width, c, upstream)
-        dlogits_compute = tf.cast(dlogits, compute)
-        dhidden = tf.cast(tf.matmul(dlogits_compute, kernel_chunk, transpose_b=True), acc)
-        if transposed:  # (width, d), so that chunks stack along rows
-            dkernel_chunk = tf.matmul(dlogits_compute, hidden, transpose_a=True)
-        else:
-            dkernel_chunk = tf.matmul(hidden, dlogits_compute, transpose_a=True)
-        return dhidden, dkernel_chunk, tf.reduce_sum(dlogits, axis=0)
+        return _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed) + (state,)
 
-    dhidden = tf.zeros(tf.shape(hidden), acc)
-    if _loader.in_xla_context():
-        dhidden, dkernel, dbias = _gradients_in_place(chunk_gradients, dhidden, kernel, chunk_labels.label_count, width)
-    else:
-        dhidden, dkernel, dbias = _gradients_by_chunks(chunk_gradients, dhidden, kernel, chunk_labels.label_count, width)
+    dhidden, dkernel, dbias, _ = _gradient_loop(chunk_gradients, hidden, kernel, chunk_labels.label_count, width)
     return tf.cast(dhidden, compute), dkernel, tf.cast(dbias, bias.dtype)
 
 
-def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width):
+def _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed):
+    """A chunk's share of the gradients from its dlogits (batch, width), in
+    the accumulation dtype: dhidden (accumulation dtype), the kernel's
+    columns (compute dtype; (width, d) if transposed, so that chunks stack
+    along rows, else (d, width)) and the bias's (accumulation dtype). Two
+    GEMMs in the compute dtype."""
+    compute = kernel_chunk.dtype
+    dlogits_compute = tf.cast(dlogits, compute)
+    dhidden = tf.cast(tf.matmul(dlogits_compute, kernel_chunk, transpose_b=True), dlogits.dtype)
+    if transposed:
+        dkernel_chunk = tf.matmul(dlogits_compute, hidden, transpose_a=True)
+    else:
+        dkernel_chunk = tf.matmul(hidden, dlogits_compute, transpose_a=True)
+    return dhidden, dkernel_chunk, tf.reduce_sum(dlogits, axis=0)
+
+
+def _gradient_loop(chunk_gradients, hidden, kernel, label_count, width, state=(), added_columns=None):
+    """(dhidden, dkernel, dbias, state) over all chunks, where
+    chunk_gradients(start, width, transposed, state) gives a chunk's
+    (dhidden, kernel columns, bias columns, state): dhidden summed (in the
+    accumulation dtype, float32 or float64), the columns written into the
+    (d, labels) kernel gradient and the bias gradient, and `state` (per-row
+    tensors) carried from chunk to chunk. added_columns(state), if given,
+    gives (ids (n,), columns (n, d)) added to the kernel gradient's columns
+    at those ids after the loop, a repeated id adding each."""
+    acc = tf.float64 if kernel.dtype == tf.float64 else tf.float32
+    dhidden = tf.zeros(tf.shape(hidden), acc)
+    if _loader.in_xla_context():
+        return _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
+    return _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
+
+
+def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
     """Under XLA: each chunk's columns written into the (d, labels) kernel
     gradient and the bias gradient, carried through the loop, by
-    dynamic-update-slice, which XLA does in place (no assembly copy)."""
+    dynamic-update-slice, which XLA does in place (no assembly copy). The
+    added columns go in by a scatter of single elements ((row, id) pairs:
+    TF scatters along leading dimensions only), in place too."""
     acc = dhidden.dtype
 
     def step(start, width, carry):
-        dhidden, dkernel, dbias = carry
-        chunk_dhidden, dkernel_chunk, dbias_chunk = chunk_gradients(start, width, transposed=False)
+        dhidden, dkernel, dbias, state = carry
+        chunk_dhidden, dkernel_chunk, dbias_chunk, state = chunk_gradients(start, width, False, state)
         dkernel = xla.dynamic_update_slice(dkernel, dkernel_chunk, tf.stack([0, start]))
         dbias = xla.dynamic_update_slice(dbias, dbias_chunk, tf.reshape(start, [1]))
-        return dhidden + chunk_dhidden, dkernel, dbias
+        return dhidden + chunk_dhidden, dkernel, dbias, state
 
-    carry = (dhidden, tf.zeros(tf.shape(kernel), kernel.dtype), tf.zeros([label_count], acc))
-    return _chunks(width, label_count, step, carry)
+    carry = (dhidden, tf.zeros(tf.shape(kernel), kernel.dtype), tf.zeros([label_count], acc), state)
+    dhidden, dkernel, dbias, state = _chunks(width, label_count, step, carry)
+    if added_columns is not None:
+        ids, columns = added_columns(state)
+        d = tf.shape(dkernel)[0]
+        rows = tf.broadcast_to(tf.range(d)[:, None], tf.stack([d, tf.size(ids)]))
+        where = tf.stack([rows, tf.broadcast_to(ids[None], tf.shape(rows))], axis=-1)
+        dkernel = tf.tensor_scatter_nd_add(dkernel, where, tf.transpose(columns))
+    return dhidden, dkernel, dbias, state
 
 
-def _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width):
+def _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
     """Outside XLA (no in-place update there): the kernel's and bias's
     columns collect in TensorArrays, one (width, d) / (width,) element per
     chunk, assembled once at the end (the assembly and the transpose cost
-    transient copies of the kernel gradient)."""
+    transient copies of the kernel gradient); the added columns are
+    scattered into the assembled (labels, d) rows before the transpose."""
     acc = dhidden.dtype
     compute = kernel.dtype
     whole = label_count // width
     kernel_rows = tf.TensorArray(compute, size=whole, element_shape=tf.TensorShape([width, kernel.shape[0]]))
     bias_rows = tf.TensorArray(acc, size=whole, element_shape=tf.TensorShape([width]))
 
-    def step(i, dhidden, kernel_rows, bias_rows):
-        chunk_dhidden, dkernel_rows, dbias = chunk_gradients(i * width, width, transposed=True)
-        return i + 1, dhidden + chunk_dhidden, kernel_rows.write(i, dkernel_rows), bias_rows.write(i, dbias)
+    def step(i, dhidden, kernel_rows, bias_rows, state):
+        chunk_dhidden, dkernel_rows, dbias, state = chunk_gradients(i * width, width, True, state)
+        return i + 1, dhidden + chunk_dhidden, kernel_rows.write(i, dkernel_rows), bias_rows.write(i, dbias), state
 
-    _, dhidden, kernel_rows, bias_rows = tf.while_loop(
-        lambda i, *_: i < whole, step, (tf.constant(0), dhidden, kernel_rows, bias_rows), parallel_iterations=1
+    _, dhidden, kernel_rows, bias_rows, state = tf.while_loop(
+        lambda i, *_: i < whole,
+        step,
+        (tf.constant(0), dhidden, kernel_rows, bias_rows, state),
+        parallel_iterations=1,
     )
     dkernel_t = tf.reshape(kernel_rows.stack(), [whole * width, kernel.shape[0]])
     dbias = tf.reshape(bias_rows.stack(), [whole * width])
     tail = label_count - whole * width
     if tail:
-        chunk_dhidden, tail_rows, tail_bias = chunk_gradients(whole * width, tail, transposed=True)
+        chunk_dhidden, tail_rows, tail_bias, state = chunk_gradients(whole * width, tail, True, state)
         dhidden += chunk_dhidden
         dkernel_t = tf.concat([dkernel_t, tail_rows], axis=0)
         dbias = tf.concat([dbias, tail_bias], axis=0)
-    return dhidden, tf.transpose(dkernel_t), dbias
+    if added_columns is not None:
+        ids, columns = added_columns(state)
+        dkernel_t = tf.tensor_scatter_nd_add(dkernel_t, ids[:, None], columns)
+    return dhidden, tf.transpose(dkernel_t), dbias, state
 
 
 def bpmll_head_top_k(hidden, kernel, bias=None, *, k, chunk_size=None):

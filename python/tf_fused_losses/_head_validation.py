@@ -4,6 +4,7 @@ framework-free, as _validation."""
 
 from ._validation import (
     check_float_dtype,
+    is_numeric,
     check_label_dtype,
     check_rank,
     dims_compatible,
@@ -18,6 +19,8 @@ from ._validation import (
 DEFAULT_SCRATCH_BYTES = 64 << 20
 _LIVE_CHUNK_ARRAYS = 3
 ID_DTYPES = ("int32", "int64")
+# Keras' reduction names (keras.losses.Loss): "mean" is "sum_over_batch_size".
+REDUCTIONS = (None, "none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
 def check_head_arguments(labels, hidden, kernel, bias, label_ids):
@@ -77,3 +80,35 @@ def chunk_width(chunk_size, batch, label_count):
     rows = batch if batch else 1024
     width = DEFAULT_SCRATCH_BYTES // (4 * rows * _LIVE_CHUNK_ARRAYS)
     return max(1, min(max(width, 128), label_count))
+
+
+def check_reduction(reduction, sample_weight, batch):
+    """The reduction as the heads branch on it: None (per row, "none"
+    included), "sum", "sum_over_batch_size" ("mean" included) or
+    "mean_with_sample_weight"; sample_weight None, a scalar or (batch,) of a
+    numeric dtype."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
+    if sample_weight is not None:
+        got = dtype_name(sample_weight.dtype)
+        if not is_numeric(got):
+            raise ValueError(f"sample_weight must be numeric; got dtype {got}")
+        check_rank("sample_weight", sample_weight, (0, 1), "() or (batch,)")
+        dims = static_dims(sample_weight)
+        if dims and not dims_compatible(dims, (batch,)):
+            raise ValueError(f"sample_weight must have shape () or ({batch},); got {shape_text(sample_weight)}")
+    if reduction == "none":
+        return None
+    return "sum_over_batch_size" if reduction == "mean" else reduction
+
+
+def reduction_divisor(reduction, has_weights):
+    """What a reduction divides the weighted sum of the per-row loss by, as
+    keras.losses.Loss does (a division by 0 gives 0): None without a
+    reduction, "one" for "sum", "weight_sum" for "mean_with_sample_weight"
+    with weights, else "batch_size"."""
+    if reduction is None:
+        return None
+    if reduction == "sum":
+        return "one"
+    return "weight_sum" if reduction == "mean_with_sample_weight" and has_weights else "batch_size"

@@ -13,13 +13,16 @@ from typing import Any
 
 from . import _dispatch
 
-__all__ = ["bpmll_head_loss", "bpmll_head_top_k"]
+__all__ = ["bpmll_head_loss", "bpmll_head_loss_and_rows", "bpmll_head_top_k"]
 
+_ARGUMENT_NAMES = ("hidden", "labels", "kernel", "bias", "sample_weight")
 _MODULES = {_dispatch.TENSORFLOW: "tf_fused_losses._head_tf", _dispatch.JAX: "tf_fused_losses._head_jax"}
 
 
 def _backend(*arrays):
-    framework = _dispatch.choose(*arrays)
+    """The head's module for the framework of the arrays, given in the order
+    of `_ARGUMENT_NAMES` (the names the message of a mixed call uses)."""
+    framework = _dispatch.choose(*arrays, names=_ARGUMENT_NAMES[: len(arrays)])
     if framework not in _MODULES:
         raise ValueError(f"the fused BP-MLL head runs on TensorFlow and JAX arrays; got {framework} arrays")
     return importlib.import_module(_MODULES[framework])
@@ -34,12 +37,14 @@ def bpmll_head_loss(
     *,
     label_ids: bool = False,
     chunk_size: int | None = None,
+    reduction: str | None = None,
+    sample_weight: Any = None,
     name: str | None = None,
 ) -> Any:
-    """Per-row BP-MLL loss, shape (batch,), of the logits hidden @ kernel +
-    bias, equal to `bpmll_loss(labels, hidden @ kernel + bias)`, with
-    gradients for hidden, kernel and bias, never holding the (batch, labels)
-    logits or their gradient.
+    """BP-MLL loss of the logits hidden @ kernel + bias, equal to
+    `bpmll_loss(labels, hidden @ kernel + bias)` reduced as Keras reduces a
+    loss, with gradients for hidden, kernel and bias, never holding the
+    (batch, labels) logits or their gradient.
 
     Args:
       labels: (batch, labels) labels in [0, 1] (float, soft labels allowed,
@@ -53,21 +58,57 @@ def bpmll_head_loss(
       chunk_size: label columns per chunk; by default what 64 MiB of float32
         scratch allows at this batch (64 MiB / (4 bytes x batch x 3), at
         least 128; batch 1024 gives 5461).
+      reduction: Keras' names (keras.losses.Loss). None or "none" (the
+        default): the per-row loss (batch,), times sample_weight if given.
+        "sum": sum_i w_i loss_i; "sum_over_batch_size" or "mean": that over
+        the batch size; "mean_with_sample_weight": that over sum_i w_i (the
+        batch size without weights); a division by 0 gives 0. A scalar.
+      sample_weight: None, a scalar or (batch,) row weights w_i. No gradient.
 
     Computes in kernel's dtype (hidden and bias are cast to it) and
-    accumulates the row statistics in float32 (float64 for float64). Two
-    passes over label chunks: the forward folds each chunk's logits (one
-    GEMM) into per-row log-sum-exps; the backward recomputes them (Cut
-    Cross-Entropy's recompute) and forms the three gradients (two GEMMs):
-    four GEMMs per step where the unfused step has three, and O(batch x
-    chunk) scratch. Rows with no positive or no negative label give 0 and
-    gradient 0; a NaN logit makes its row NaN; a label outside [0, 1], or an
-    id neither in [0, labels) nor -1, makes its row NaN rather than raising.
+    accumulates the row statistics in float32 (float64 for float64); the
+    loss comes in kernel's dtype. Two forms, over label chunks, with
+    O(batch x chunk) scratch:
+
+    * one pass (label ids with a reduction): the upstream gradient of a
+      reduced loss is one scalar times known row weights, so the forward
+      computes all three gradients (Liger-Kernel's fused linear
+      cross-entropy, here with BP-MLL's factored form): each row's positive
+      sum from the positives' gathered kernel columns first, then one pass
+      of chunk GEMMs that yields the negatives' gradient and sum at once,
+      then the positives' gradient through the gathered columns. The
+      unfused step's three GEMMs; the backward scales the saved gradients
+      by the upstream (the weight gradients are held from forward to
+      backward, as the unfused step holds the logits' gradient).
+    * two passes (no reduction, any upstream; or dense labels): the forward
+      folds each chunk's logits (one GEMM) into per-row log-sum-exps; the
+      backward recomputes them (Cut Cross-Entropy's recompute) and forms the
+      three gradients (two GEMMs): four GEMMs per step. Dense labels take
+      it with a reduction too: their positives are not static-shaped (soft
+      labels, any number per row), so the positives' sum cannot come first
+      from gathered columns.
+
+    Rows with no positive or no negative label give 0 and gradient 0; a NaN
+    logit makes its row NaN (and, as in the unfused path, every column of
+    the kernel's and bias's gradient); a label outside [0, 1], or an id
+    neither in [0, labels) nor -1, makes its row NaN rather than raising.
     TensorFlow (eager, tf.function, jit_compile) and JAX (eager, jit).
     """
-    return _backend(hidden, labels, kernel, bias).bpmll_head_loss(
-        labels, hidden, kernel, bias, label_ids=label_ids, chunk_size=chunk_size, name=name
-    )
+    options = dict(label_ids=label_ids, chunk_size=chunk_size, reduction=reduction, sample_weight=sample_weight)
+    backend = _backend(hidden, labels, kernel, bias, sample_weight)
+    return backend.bpmll_head_loss_and_rows(labels, hidden, kernel, bias, name=name, **options)[0]
+
+
+@_dispatch.not_converted
+def bpmll_head_loss_and_rows(labels: Any, hidden: Any, kernel: Any, bias: Any = None, **options: Any) -> tuple[Any, Any]:
+    """(loss, per-row loss): `bpmll_head_loss` with these arguments and
+    keyword options (label_ids, chunk_size, reduction, sample_weight, name),
+    and the unweighted per-row loss (batch,) it reduced, from the same pass
+    (what a Keras layer adds as its loss and returns). On the one-pass form
+    (label ids with a reduction) the per-row loss carries no gradient: the
+    loss's gradients were computed for the reduction."""
+    backend = _backend(hidden, labels, kernel, bias, options.get("sample_weight"))
+    return backend.bpmll_head_loss_and_rows(labels, hidden, kernel, bias, **options)
 
 
 @_dispatch.not_converted
@@ -76,4 +117,4 @@ def bpmll_head_top_k(hidden: Any, kernel: Any, bias: Any = None, *, k: int, chun
     (batch, k) each, best first, ids int32; over label chunks (a top-k per
     chunk merged into the running one), never the whole logits or a full
     sort. `chunk_size` as for `bpmll_head_loss`."""
-    return _backend(hidden, kernel, bias).bpmll_head_top_k(hidden, kernel, bias, k=k, chunk_size=chunk_size)
+    return _backend(hidden, None, kernel, bias).bpmll_head_top_k(hidden, kernel, bias, k=k, chunk_size=chunk_size)

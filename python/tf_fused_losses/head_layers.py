@@ -23,8 +23,12 @@ the layer and the model is compiled without one:
                                                      # or the top-k ids with top_k
 
 With labels, the layer adds the batch mean of the per-row loss
-(`add_loss`) and returns the per-row loss (batch,) rather than the logits,
-which it never computes. Without labels it returns the logits, or with
+(`add_loss`; `bpmll_head_loss(..., reduction="sum_over_batch_size")`, on
+label ids the head's one-pass form) and returns the per-row loss (batch,),
+for monitoring, rather than the logits, which it never computes. The
+per-row output carries no gradient on label ids (the added loss's gradients
+are computed for the mean); train through the added loss. Keras'
+sample_weight does not reach an added loss: every row weighs 1. Without labels it returns the logits, or with
 `top_k` the ids of the k best labels per row, found chunk by chunk
 (`top_k_scores_and_ids` gives their scores too). One tensor either way:
 Keras checks a functional model's outputs against the structure of the
@@ -64,7 +68,8 @@ class BPMLLHead(keras.layers.Layer):
         bias_regularizer: as for Dense.
 
     call(inputs, labels=None): with labels, adds mean-over-batch BP-MLL
-    with `add_loss` and returns the per-row loss (batch,); without,
+    with `add_loss` and returns the per-row loss (batch,) (no gradient of
+    its own on label ids); without,
     returns logits (batch, units) or, with top_k, the top-k ids
     (batch, top_k). Computes in the layer's compute dtype (mixed precision:
     the kernel is cast to it; the head accumulates in float32).
@@ -116,10 +121,21 @@ class BPMLLHead(keras.layers.Layer):
         kernel, bias = self._weights_in_compute_dtype()
         inputs = ops.cast(inputs, self.compute_dtype)
         if labels is not None:
-            per_row = head.bpmll_head_loss(labels, inputs, kernel, bias, label_ids=self.label_ids, chunk_size=self.chunk_size)
-            # Mean over the batch (Keras' default reduction), in float32
-            # whatever the compute dtype, as Keras adds losses.
-            self.add_loss(ops.mean(ops.cast(per_row, "float32")))
+            # Mean over the batch (Keras' default reduction) as the head's own
+            # reduction, so that on label ids it takes the one-pass form (the
+            # unfused step's three GEMMs); added in float32 whatever the
+            # compute dtype, as Keras adds losses. The per-row loss comes
+            # from the same pass, without a gradient of its own.
+            loss, per_row = head.bpmll_head_loss_and_rows(
+                labels,
+                inputs,
+                kernel,
+                bias,
+                label_ids=self.label_ids,
+                chunk_size=self.chunk_size,
+                reduction="sum_over_batch_size",
+            )
+            self.add_loss(ops.cast(loss, "float32"))
             return per_row
         if self.top_k:
             return self.top_k_scores_and_ids(inputs)[1]
