@@ -204,7 +204,7 @@ def jax_compiled_memory(args):
     for name, loss in losses.items():
         step = jax.jit(jax.grad(lambda ids, h, w, b: jnp.mean(loss(ids, h, w, b)), argnums=(1, 2, 3)))
         memory = step.lower(*shapes).compile().memory_analysis()
-        print(f"{name:<14} temp {memory.temp_size_in_bytes / 2**20:9.0f} MB   output {memory.output_size_in_bytes / 2**20:7.0f} MB")
+        print(f"{name:<18} temp {memory.temp_size_in_bytes / 2**20:9.0f} MB   output {memory.output_size_in_bytes / 2**20:7.0f} MB")
 
 
 def main():

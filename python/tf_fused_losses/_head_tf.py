@@ -22,9 +22,16 @@ forms; which runs when:
   log-sum-exp (see `_one_pass`).
 * two passes (`_fused_head`): no reduction (a per-row loss whose upstream
   may be anything: H^T diag(g) dC cannot be rescaled afterwards), and dense
-  labels with or without a reduction (their positives have no static
-  shape, and soft labels weigh every column on both sides, so P cannot come
-  first from gathered columns; the reduction is then applied to the rows).
+  labels with or without a reduction (the reduction is then applied to the
+  rows). Dense labels' positives have no static shape (XLA cannot gather
+  them) and soft labels weigh a column on both sides. Measured
+  (bench/head_bench.py, 670,091 labels, docs/benchmarks.md): the one-pass
+  form on ids taken from binary dense labels inside the step (tf.where,
+  graph mode) took 8.1 s against 14.1 s for the two passes on the dense
+  labels, so binary labels outside XLA are better passed as ids
+  (label_ids=True, a RaggedTensor from tf.where); the head does not convert
+  them itself (a run-time check of every label, a data-dependent branch
+  between the forms, and no such path under XLA).
   The forward folds each chunk's logits (a GEMM) into log P, log N
   (log-sum-exp, max-shifted per chunk, combined across chunks in the log
   domain) and the label counts; the backward recomputes each chunk's
