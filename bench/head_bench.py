@@ -240,11 +240,11 @@ def main():
     print(f"\nbatch {args.batch}, d {args.d}, labels {args.labels}, {args.positives} positives per row")
     print("extra: peak resident memory beyond the weights and their gradients, of a steady step and of the first")
     print("(tracing and compiling included); labels: the label input's bytes")
-    print(f"{'variant':<20} {'step s':>8} {'first s':>8} {'extra MB':>9} {'1st extra':>9} {'labels MB':>9}")
+    print(f"{'variant':<26} {'step s':>8} {'first s':>8} {'extra MB':>9} {'1st extra':>9} {'labels MB':>9}")
     for r in rows:
         step = f"{r['step_s']:.3f}" if r["step_s"] is not None else "-"
         print(
-            f"{r['variant']:<20} {step:>8} {r['first_step_s']:>8.2f} {r['extra_mb']:>9.0f} {r['first_extra_mb']:>9.0f} "
+            f"{r['variant']:<26} {step:>8} {r['first_step_s']:>8.2f} {r['extra_mb']:>9.0f} {r['first_extra_mb']:>9.0f} "
             f"{r['label_input_mb']:>9.2f}"
         )
 

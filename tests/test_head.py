@@ -298,6 +298,7 @@ def test_one_pass_nan_and_infinite_logits(rng, wrap):
     assert_matches_extended(got, want)
     with_nan = hidden.copy()
     with_nan[2, 1] = np.nan
+    with_nan[1, 0] = np.nan  # row 1 has no positive: NaN comes before "no pairs"
     got = fused(ids, with_nan, kernel, bias, tf.constant(1.0), WRAPS[wrap], label_ids=True, chunk_size=7,
                 reduction="sum_over_batch_size")
     want = unfused_reduced(dense, with_nan, kernel, bias, "sum_over_batch_size", None, 1.0)

@@ -230,7 +230,7 @@ def test_one_pass_nan_and_infinite_logits(rng, jit):
     fused, unfused = reduced_pair(ids, dense, 1.0, "sum", chunk_size=7)
     got = (jax.jit(fused) if jit else fused)(hidden, kernel, bias_inf)
     assert_matches_extended(got, unfused(hidden, kernel, bias_inf))
-    with_nan = hidden.at[2, 1].set(jnp.nan)
+    with_nan = hidden.at[2, 1].set(jnp.nan).at[1, 0].set(jnp.nan)  # row 1 has no positive: NaN before "no pairs"
     fused, unfused = reduced_pair(ids, dense, 1.0, "sum_over_batch_size", chunk_size=7)
     got = (jax.jit(fused) if jit else fused)(with_nan, kernel, bias)
     assert np.isnan(got[0][1]) and np.all(np.isnan(got[1][1])) and np.all(np.isnan(got[1][2]))
