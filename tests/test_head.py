@@ -368,6 +368,17 @@ def test_bad_reduction_and_sample_weight_raise():
         head.bpmll_head_loss(*args, reduction="sum", sample_weight=tf.ones([2, 1]))
 
 
+def test_label_axis_on_tensorflow_arrays_says_to_use_jax():
+    """TF's head has no label sharding: label_axis (or its mesh keywords
+    alone) with TF arrays is a ValueError saying so, not a silent
+    unsharded run."""
+    args = (tf.zeros([2, 4]), tf.zeros([2, 3]), tf.zeros([3, 4]))
+    with pytest.raises(ValueError, match=r"label-sharded head runs on JAX arrays only.*use JAX"):
+        head.bpmll_head_loss(*args, label_axis="model")
+    with pytest.raises(ValueError, match=r"keywords \(batch_axis, label_count\) need label_axis"):
+        head.bpmll_head_loss(*args, batch_axis="batch", label_count=3)
+
+
 # --------------------------------------------------------------------------
 # The Keras layer
 # --------------------------------------------------------------------------
@@ -439,3 +450,32 @@ def test_keras_trains_on_dense_labels(rng):
     before = model.evaluate((x, dense), verbose=0)
     model.fit((x, dense), batch_size=32, epochs=4, verbose=0)
     assert model.evaluate((x, dense), verbose=0) < before
+
+
+def test_sparse_ids_give_the_padded_ids_loss(rng):
+    hidden, kernel, bias = (tf.constant(a) for a in problem(rng))
+    ids, _ = ids_and_dense(rng, 6, 23, 3, 4)
+    # A SparseTensor whose values are the ids, at their padded positions.
+    sparse = tf.SparseTensor(tf.boolean_mask(tf.where(tf.ones_like(ids, tf.bool)), tf.reshape(ids >= 0, [-1])),
+                             tf.boolean_mask(tf.reshape(ids, [-1]), tf.reshape(ids >= 0, [-1])), ids.shape)
+    got = head.bpmll_head_loss(sparse, hidden, kernel, bias, label_ids=True, chunk_size=5)
+    want = head.bpmll_head_loss(ids, hidden, kernel, bias, label_ids=True, chunk_size=5)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="SparseTensor labels are label ids: pass label_ids=True"):
+        head.bpmll_head_loss(sparse, hidden, kernel, bias)
+
+
+def test_keras_trains_on_ragged_ids_from_tf_data():
+    # Ragged ids straight from tf.data into a ragged model input: no padding step anywhere.
+    rng = np.random.default_rng(3)
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(128, 10)).astype(np.float32)
+    ids = tf.ragged.constant([rng.choice(50, rng.integers(1, 5), replace=False) for _ in range(128)], tf.int64)
+    data = tf.data.Dataset.from_tensor_slices(((x, ids),)).batch(32)
+    features, labels = keras.Input((10,)), keras.Input((None,), dtype="int64", ragged=True)
+    hidden = keras.layers.Dense(16, activation="relu")(features)
+    model = keras.Model([features, labels], tfl.BPMLLHead(50, label_ids=True)(hidden, labels=labels))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    before = model.evaluate(data, verbose=0)
+    history = model.fit(data, epochs=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < before

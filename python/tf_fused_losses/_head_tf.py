@@ -200,10 +200,13 @@ def bpmll_head_loss_and_rows(
     """(loss, per-row loss): `bpmll_head_loss` and the unweighted per-row
     loss (batch,) it reduced; see `head.bpmll_head_loss_and_rows`."""
     with tf.name_scope(name or "bpmll_head_loss"):
-        if isinstance(labels, tf.RaggedTensor):
+        if isinstance(labels, (tf.RaggedTensor, tf.SparseTensor)):
             if not label_ids:
-                raise ValueError("ragged labels are label ids: pass label_ids=True")
-            labels = labels.to_tensor(default_value=-1)
+                raise ValueError(f"{type(labels).__name__} labels are label ids: pass label_ids=True")
+            # Padded ids, as bpmll_loss_from_ids takes them: -1 where a row has no more.
+            padding = tf.constant(-1, labels.dtype)
+            labels = (labels.to_tensor(default_value=padding) if isinstance(labels, tf.RaggedTensor)
+                      else tf.sparse.to_dense(tf.sparse.reorder(labels), default_value=padding))
         labels = tf.convert_to_tensor(labels)
         hidden = tf.convert_to_tensor(hidden)
         kernel = tf.convert_to_tensor(kernel)
