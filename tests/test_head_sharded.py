@@ -4,11 +4,13 @@ gradients against the unsharded head (`_head_jax`) and the unfused loss of
 hidden @ kernel + bias, on soft dense labels and ids, over a 1 x 8 and a 2 x 4
 (batch x labels) mesh, label counts that need padding; the compiled step's
 collectives move O(batch + batch x d) numbers, never batch x labels; the
-kernel's gradient stays label-sharded. Keras on JAX: ModelParallel with a
-LayoutMap sharding the head's kernel along the labels trains like one
-device, and so does DataParallel with BPMLLHead; two JAX processes (4 CPU
-devices each) train the label-sharded head and end with identical weights,
-equal to one process on 8 devices.
+kernel's gradient stays label-sharded; `head.bpmll_head_loss(...,
+mesh=, label_axis=)` routes to it. Keras on JAX: BPMLLHead (38 labels,
+pad_units_to=4) under ModelParallel with a LayoutMap sharding its kernel
+along the labels trains like one device and infers the same logits and
+top-k, and so does DataParallel; an indivisible kernel is refused by name;
+two JAX processes (4 CPU devices each) train the label-sharded head and end
+with identical weights, equal to one process on 8 devices.
 
 The device count is fixed when jax first initialises, so every check runs
 in a fresh interpreter: this file run as a script (`python
@@ -143,9 +145,52 @@ def worker_head():
                 "rows_per_device": BATCH // spec["shape"][0],
                 "labels_per_device": -(-labels // spec["shape"][1]),
             }
+    report["public"] = _worker_public(jax, jnp, np, rng)
     report["label_count"] = _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, rng)
     report["errors"] = _worker_errors(jax, np, bpmll_head_loss_label_sharded)
     return report
+
+
+def _worker_public(jax, jnp, np, rng):
+    """`head.bpmll_head_loss(..., mesh=, label_axis=, batch_axis=)` on a
+    2 x 4 mesh against the same call without them (one device's head), per
+    reduction, in the loss and the three gradients; and with mesh None (the
+    kernel's NamedSharding's), outside jit."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from tf_fused_losses import head
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("batch", "labels"))
+    labels = 204
+    hidden = rng.normal(size=(BATCH, HIDDEN)).astype(np.float32)
+    kernel = (0.5 * rng.normal(size=(HIDDEN, labels))).astype(np.float32)
+    bias = (0.3 * rng.normal(size=(labels,))).astype(np.float32)
+    ids, dense = _labels(np, rng, BATCH, labels)
+    weights = np.linspace(0, 2, BATCH).astype(np.float32)
+    placed_kernel = jax.device_put(kernel, NamedSharding(mesh, P(None, "labels")))
+    placed_bias = jax.device_put(bias, NamedSharding(mesh, P("labels")))
+    out = {}
+    for form, y in (("ids", ids), ("dense", dense)):
+        for reduction in ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight"):
+            def step(k, b, y=y, form=form, reduction=reduction, **sharding):
+                def loss(h, k, b):
+                    value = head.bpmll_head_loss(y, h, k, b, label_ids=form == "ids", reduction=reduction,
+                                                 sample_weight=weights, chunk_size=CHUNK, **sharding)
+                    return jnp.sum(value), value
+                return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(hidden, k, b)
+
+            (_, value), grads = step(placed_kernel, placed_bias, mesh=mesh, label_axis="labels", batch_axis="batch")
+            (_, want), want_grads = step(kernel, bias)
+            out[f"{form}/{reduction}"] = {
+                "shape": list(np.shape(value)),
+                "loss_error": _relative_error(np, value, want),
+                "grad_errors": [_relative_error(np, g, w) for g, w in zip(grads, want_grads)],
+            }
+    eager = head.bpmll_head_loss(ids, hidden, placed_kernel, placed_bias, label_ids=True, label_axis="labels")
+    out["mesh_from_kernel_error"] = _relative_error(
+        np, eager, head.bpmll_head_loss(ids, hidden, kernel, bias, label_ids=True))
+    return out
 
 
 def _worker_errors(jax, np, bpmll_head_loss_label_sharded):
@@ -204,9 +249,12 @@ def _worker_label_count(jax, jnp, np, bpmll_head_loss_label_sharded, _head_jax, 
     }
 
 
-# Keras: one model, trained on one device (BPMLLHead), with DataParallel
-# (BPMLLHead) and with ModelParallel (the head's kernel split over "model").
-KERAS_SAMPLES, KERAS_FEATURES, KERAS_LABELS, KERAS_IDS = 64, 12, 40, 5
+# Keras: one model (BPMLLHead), trained on one device, with DataParallel and
+# with ModelParallel (the head's kernel split over "model"). 38 labels do not
+# divide over the 4 "model" devices: pad_units_to=4 makes the kernel 40 wide
+# on every run.
+KERAS_SAMPLES, KERAS_FEATURES, KERAS_LABELS, KERAS_IDS = 64, 12, 38, 5
+KERAS_PAD_TO, KERAS_TOP_K = 4, 3
 GLOBAL_BATCH, EPOCHS = 32, 3
 KERAS_MESH = (2, 4)
 
@@ -220,40 +268,19 @@ def _keras_data(np):
     return x, ids
 
 
-def _label_sharded_head_class(keras):
-    """BPMLLHead whose training loss goes through the label-sharded head over
-    the ModelParallel distribution's mesh (what BPMLLHead itself would do
-    when the layout map splits its kernel along the labels)."""
-    from keras import ops
-
-    from tf_fused_losses._head_sharded_jax import bpmll_head_loss_label_sharded
+def _keras_model(keras):
+    """(trainer, predictor of the logits, predictor of the hidden layer),
+    sharing their weights."""
     from tf_fused_losses.head_layers import BPMLLHead
 
-    class LabelShardedHead(BPMLLHead):
-        def call(self, inputs, labels=None):
-            if labels is None:
-                return super().call(inputs)
-            kernel, bias = self._weights_in_compute_dtype()
-            distribution = keras.distribution.distribution()
-            per_row = bpmll_head_loss_label_sharded(
-                labels, ops.cast(inputs, self.compute_dtype), kernel, bias,
-                mesh=distribution.device_mesh.backend_mesh, label_axis="model", batch_axis=distribution.batch_dim_name,
-                label_ids=self.label_ids, chunk_size=self.chunk_size)
-            self.add_loss(ops.mean(ops.cast(per_row, "float32")))
-            return per_row
-
-    return LabelShardedHead
-
-
-def _keras_model(keras, head_class):
     keras.utils.set_random_seed(3)
     features = keras.Input((KERAS_FEATURES,))
     labels = keras.Input((KERAS_IDS,), dtype="int32")
     hidden = keras.layers.Dense(16, activation="tanh", name="hidden")(features)
-    per_row = head_class(KERAS_LABELS, label_ids=True, chunk_size=4, name="head")(hidden, labels=labels)
-    model = keras.Model([features, labels], per_row)
+    head = BPMLLHead(KERAS_LABELS, label_ids=True, chunk_size=4, pad_units_to=KERAS_PAD_TO, name="head")
+    model = keras.Model([features, labels], head(hidden, labels=labels))
     model.compile(optimizer=keras.optimizers.SGD(0.1))
-    return model
+    return model, keras.Model(features, head(hidden)), keras.Model(features, hidden)
 
 
 def _model_parallel(keras, devices):
@@ -274,26 +301,78 @@ def _local_value(np, array):
     return out
 
 
-def _fit(np, model, x, ids, batch_size):
+def _fit(np, models, x, ids, batch_size, predict=False):
+    model, logits_model, hidden_model = models
     history = model.fit((x, ids), batch_size=batch_size, epochs=EPOCHS, shuffle=False, verbose=0).history["loss"]
-    return {"history": history, "weights": [_local_value(np, w.value).tolist() for w in model.weights],
-            "specs": {w.path: str(getattr(w.value.sharding, "spec", None)) for w in model.weights}}
+    out = {"history": history, "weights": [_local_value(np, w.value).tolist() for w in model.weights],
+           "specs": {w.path: str(getattr(w.value.sharding, "spec", None)) for w in model.weights}}
+    if predict:
+        # Inference on the (sharded) kernel: the logits, and the top-k found
+        # chunk by chunk, both of the 38 labels only.
+        scores, top = logits_model.get_layer("head").top_k_scores_and_ids(hidden_model.predict(x, verbose=0),
+                                                                          k=KERAS_TOP_K)
+        out.update(logits=np.asarray(logits_model.predict(x, verbose=0)).tolist(),
+                   top_k_scores=np.asarray(scores).tolist(), top_k_ids=np.asarray(top).tolist())
+    return out
+
+
+def _keras_refusal_and_round_trip(keras, np, devices, models, tmp):
+    """Under ModelParallel, a 38-label head without pad_units_to refuses to
+    build; the padded model's config and .keras file round-trip (weights
+    40 wide), and a config without pad_units_to (older files) loads."""
+    from tf_fused_losses.head_layers import BPMLLHead
+
+    out = {}
+    with _model_parallel(keras, devices).scope():
+        try:
+            BPMLLHead(KERAS_LABELS, name="head")(keras.Input((16,)))
+            out["indivisible"] = "built"
+        except ValueError as e:
+            out["indivisible"] = str(e)
+    model = models[0]
+    path = os.path.join(tmp, "head.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    out["loaded_config"] = {key: loaded.get_layer("head").get_config()[key] for key in ("units", "pad_units_to")}
+    out["loaded_weights_equal"] = all(np.array_equal(np.asarray(a), np.asarray(b))
+                                      for a, b in zip(model.weights, loaded.weights))
+    out["kernel_shape"] = list(loaded.get_layer("head").kernel.shape)
+    old_config = model.get_layer("head").get_config()
+    del old_config["pad_units_to"]
+    old = BPMLLHead.from_config(old_config)
+    out["old_config"] = [old.pad_units_to, old.kernel_width]
+    return out
 
 
 def worker_keras():
+    import tempfile
+
     import jax
     import keras
     import numpy as np
 
-    from tf_fused_losses.head_layers import BPMLLHead
+    from tf_fused_losses import _head_sharded_jax
 
+    # Which runs trace the label-sharded head: counted at its entry point.
+    traced = []
+    sharded_head = _head_sharded_jax.bpmll_head_loss_label_sharded
+
+    def counting(*args, **kwargs):
+        traced.append(kwargs["label_axis"])
+        return sharded_head(*args, **kwargs)
+
+    _head_sharded_jax.bpmll_head_loss_label_sharded = counting
     x, ids = _keras_data(np)
-    report = {"one_device": _fit(np, _keras_model(keras, BPMLLHead), x, ids, GLOBAL_BATCH)}
+    one_device = _keras_model(keras)
+    report = {"one_device": _fit(np, one_device, x, ids, GLOBAL_BATCH, predict=True)}
     with keras.distribution.DataParallel(devices=jax.devices()).scope():
-        report["data_parallel"] = _fit(np, _keras_model(keras, BPMLLHead), x, ids, GLOBAL_BATCH)
+        report["data_parallel"] = _fit(np, _keras_model(keras), x, ids, GLOBAL_BATCH)
+    report["traced_before_model_parallel"] = list(traced)
     with _model_parallel(keras, jax.devices()).scope():
-        report["model_parallel"] = _fit(np, _keras_model(keras, _label_sharded_head_class(keras)), x, ids,
-                                        GLOBAL_BATCH)
+        report["model_parallel"] = _fit(np, _keras_model(keras), x, ids, GLOBAL_BATCH, predict=True)
+    report["traced"] = traced
+    with tempfile.TemporaryDirectory() as tmp:
+        report["checks"] = _keras_refusal_and_round_trip(keras, np, jax.devices(), one_device, tmp)
     return report
 
 
@@ -319,7 +398,7 @@ def worker_process(process_id, port):
     x, ids = _keras_data(np)
     local = np.concatenate([np.arange(s + row * half, s + (row + 1) * half) for s in range(0, KERAS_SAMPLES, GLOBAL_BATCH)])
     with distribution.scope():
-        out = _fit(np, _keras_model(keras, _label_sharded_head_class(keras)), x[local], ids[local], half)
+        out = _fit(np, _keras_model(keras), x[local], ids[local], half)
     out.update(global_devices=jax.device_count(), local_devices=jax.local_device_count())
     jax.distributed.shutdown()
     return out
@@ -409,6 +488,22 @@ def test_a_kernel_padded_past_label_count(head):
     assert r["kernel_grad_spec"] == "P(None, 'labels')", r
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "sum_over_batch_size", "mean_with_sample_weight"])
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_the_public_head_routes_to_the_label_sharded_one(head, form, reduction):
+    """head.bpmll_head_loss with mesh, label_axis and batch_axis (2 x 4, a
+    label-sharded kernel and bias) equals the call without them, reduced and
+    weighted alike, in the loss and the three gradients."""
+    r = head["public"][f"{form}/{reduction}"]
+    assert r["shape"] == ([] if reduction != "none" else [BATCH]), r
+    assert r["loss_error"] <= LOSS_RTOL and max(r["grad_errors"]) <= GRAD_RTOL, r
+
+
+def test_the_public_head_takes_the_mesh_from_the_kernel(head):
+    """mesh None: the placed kernel's NamedSharding gives it."""
+    assert head["public"]["mesh_from_kernel_error"] <= LOSS_RTOL
+
+
 def test_refusals_say_why(head):
     """A batch the batch axis does not divide, an axis the mesh lacks, one
     axis for both, and a label_count past the kernel's columns: each a
@@ -433,11 +528,13 @@ def keras_runs():
 
 
 def test_keras_model_parallel_and_data_parallel_train_like_one_device(keras_runs):
-    """ModelParallel on a 2 x 4 mesh, the head's kernel and bias split over
-    "model" by a LayoutMap and the loss through the label-sharded head, and
-    DataParallel over 8 devices with BPMLLHead, end with the one-device
+    """BPMLLHead of 38 labels with pad_units_to=4 (a 40-wide kernel): under
+    ModelParallel on a 2 x 4 mesh, its kernel and bias split over "model"
+    by a LayoutMap (the layer then trains through the label-sharded head),
+    and under DataParallel over 8 devices, it ends with the one-device
     weights and losses within float32 rounding; the kernel stays
-    label-sharded."""
+    label-sharded, and its padding columns keep their initial values
+    (gradient 0, as on one device)."""
     import numpy as np
 
     one = keras_runs["one_device"]
@@ -448,6 +545,34 @@ def test_keras_model_parallel_and_data_parallel_train_like_one_device(keras_runs
         assert _close(np, run["weights"], one["weights"]), name
     specs = keras_runs["model_parallel"]["specs"]
     assert specs["head/kernel"] == "P(None, 'model')" and specs["head/bias"] == "P('model',)"
+    # Only the ModelParallel run trained through the label-sharded head.
+    assert keras_runs["traced_before_model_parallel"] == [] and set(keras_runs["traced"]) == {"model"}, keras_runs
+
+
+def test_keras_model_parallel_inference_gives_the_units_only(keras_runs):
+    """The trained ModelParallel model's logits (batch, 38) and top-k equal
+    the one-device model's; the padding columns are not in them."""
+    import numpy as np
+
+    one, sharded = keras_runs["one_device"], keras_runs["model_parallel"]
+    assert np.shape(sharded["logits"]) == (KERAS_SAMPLES, KERAS_LABELS)
+    assert _close(np, [sharded["logits"], sharded["top_k_scores"]], [one["logits"], one["top_k_scores"]])
+    assert sharded["top_k_ids"] == one["top_k_ids"]
+    assert np.max(sharded["top_k_ids"]) < KERAS_LABELS
+
+
+def test_keras_indivisible_kernel_says_to_pad_and_the_padded_head_round_trips(keras_runs):
+    """38 labels over the 4-device "model" axis without pad_units_to: a
+    ValueError naming units, the axis, its size and pad_units_to. The padded
+    model saves and loads (.keras) with its 40-wide weights and config; a
+    config without pad_units_to (an older file) loads unpadded."""
+    checks = keras_runs["checks"]
+    message = checks["indivisible"]
+    assert "units=38" in message and "'model'" in message and "size 4" in message, message
+    assert "pad_units_to=4" in message, message
+    assert checks["loaded_config"] == {"units": KERAS_LABELS, "pad_units_to": KERAS_PAD_TO}, checks
+    assert checks["loaded_weights_equal"] and checks["kernel_shape"] == [16, 40], checks
+    assert checks["old_config"] == [None, KERAS_LABELS], checks
 
 
 def test_two_processes_train_the_label_sharded_head_like_one(keras_runs):

@@ -49,17 +49,19 @@ from ._head_jax import (
     _chunk_dlogits,
     _chunk_logits,
     _chunks,
+    _divide_no_nan,
     _exp_extended,
     _labels_valid,
     _logaddexp,
     _prepare_ids,
     _row_logsumexp,
     _terms,
+    _weights_and_divisor,
 )
-from ._head_validation import check_head_arguments, chunk_width
+from ._head_validation import check_head_arguments, check_reduction, chunk_width
 from ._jax_ops import _as_array
 
-__all__ = ["bpmll_head_loss_label_sharded"]
+__all__ = ["bpmll_head_loss_label_sharded", "bpmll_head_loss_and_rows_label_sharded"]
 
 
 class _Layout(NamedTuple):
@@ -342,3 +344,50 @@ def bpmll_head_loss_label_sharded(
     layout = _Layout(mesh, label_axis, batch_axis, bool(label_ids), label_count, shard_width,
                      chunk_width(chunk_size, batch // row_shards, shard_width))
     return _sharded_head(layout, lax.stop_gradient(labels), hidden.astype(compute), kernel, bias)
+
+
+def bpmll_head_loss_and_rows_label_sharded(
+    labels,
+    hidden,
+    kernel,
+    bias=None,
+    *,
+    mesh=None,
+    label_axis,
+    batch_axis=None,
+    label_count=None,
+    label_ids=False,
+    chunk_size=None,
+    reduction=None,
+    sample_weight=None,
+    name=None,
+):
+    """(loss, per-row loss) as `_head_jax.bpmll_head_loss_and_rows` gives
+    them, from `bpmll_head_loss_label_sharded` (what `head.bpmll_head_loss`
+    runs with a label_axis): the reduction and sample_weight applied to its
+    per-row loss as `_head_jax`'s two-pass form applies them (the one-pass
+    form has no sharded counterpart). `mesh` None: kernel's NamedSharding's
+    mesh. `name` is accepted for the public signature; JAX has no op names."""
+    del name
+    if mesh is None:
+        sharding = getattr(kernel, "sharding", None)
+        if not isinstance(sharding, jax.sharding.NamedSharding) or not isinstance(sharding.mesh, Mesh):
+            raise ValueError(
+                "mesh: give the jax.sharding.Mesh of label_axis; it is taken from kernel's NamedSharding only where "
+                f"kernel is a placed jax.Array (got {type(kernel).__name__}"
+                + ("" if sharding is None else f" with {type(sharding).__name__}") + ")")
+        mesh = sharding.mesh
+    hidden = _as_array("hidden", hidden)
+    sample_weight = None if sample_weight is None else _as_array("sample_weight", sample_weight)
+    batch = hidden.shape[0] if hidden.ndim else None
+    reduction = check_reduction(reduction, sample_weight, batch)
+    rows = bpmll_head_loss_label_sharded(
+        labels, hidden, kernel, bias, mesh=mesh, label_axis=label_axis, batch_axis=batch_axis, label_ids=label_ids,
+        label_count=label_count, chunk_size=chunk_size)
+    compute = rows.dtype
+    acc = _accumulation_dtype(compute)
+    weights, divisor = _weights_and_divisor(reduction, sample_weight, rows.shape[0], acc)
+    weighted = rows.astype(acc) if weights is None else rows.astype(acc) * weights
+    if reduction is None:
+        return weighted.astype(compute), rows
+    return _divide_no_nan(jnp.sum(weighted), divisor).astype(compute), rows

@@ -17,6 +17,7 @@ __all__ = ["bpmll_head_loss", "bpmll_head_loss_and_rows", "bpmll_head_top_k"]
 
 _ARGUMENT_NAMES = ("hidden", "labels", "kernel", "bias", "sample_weight")
 _MODULES = {_dispatch.TENSORFLOW: "tf_fused_losses._head_tf", _dispatch.JAX: "tf_fused_losses._head_jax"}
+_LABEL_SHARDED_MODULE = "tf_fused_losses._head_sharded_jax"
 
 
 def _backend(*arrays):
@@ -26,6 +27,29 @@ def _backend(*arrays):
     if framework not in _MODULES:
         raise ValueError(f"the fused BP-MLL head runs on TensorFlow and JAX arrays; got {framework} arrays")
     return importlib.import_module(_MODULES[framework])
+
+
+def _loss_and_rows(labels, hidden, kernel, bias, sharding, options):
+    """(loss, per-row loss) from the head for the arrays' framework: the
+    label-sharded JAX head where `sharding` (mesh, label_axis, batch_axis,
+    label_count) names a label axis, else the framework's own."""
+    arrays = (hidden, labels, kernel, bias, options.get("sample_weight"))
+    if sharding["label_axis"] is None:
+        given = sorted(name for name, value in sharding.items() if value is not None)
+        if given:
+            raise ValueError(f"the label-sharded head's keywords ({', '.join(given)}) need label_axis too")
+        return _backend(*arrays).bpmll_head_loss_and_rows(labels, hidden, kernel, bias, **options)
+    framework = _dispatch.choose(*arrays, names=_ARGUMENT_NAMES)
+    # numpy arrays alone go to JAX here whatever the Keras backend: a mesh is JAX's.
+    framework_free = all(_dispatch.framework_of(x) is None for x in arrays)
+    if framework != _dispatch.JAX and not framework_free:
+        raise ValueError(
+            f"label_axis: the label-sharded head runs on JAX arrays only (a jax.sharding.Mesh); got {framework} "
+            "arrays. TensorFlow's head has no label sharding: use JAX for it, or leave label_axis None "
+            "(data-parallel under tf.distribute)"
+        )
+    return importlib.import_module(_LABEL_SHARDED_MODULE).bpmll_head_loss_and_rows_label_sharded(
+        labels, hidden, kernel, bias, **sharding, **options)
 
 
 @_dispatch.not_converted
@@ -39,6 +63,10 @@ def bpmll_head_loss(
     chunk_size: int | None = None,
     reduction: str | None = None,
     sample_weight: Any = None,
+    mesh: Any = None,
+    label_axis: str | None = None,
+    batch_axis: str | None = None,
+    label_count: int | None = None,
     name: str | None = None,
 ) -> Any:
     """BP-MLL loss of the logits hidden @ kernel + bias, equal to
@@ -64,6 +92,23 @@ def bpmll_head_loss(
         the batch size; "mean_with_sample_weight": that over sum_i w_i (the
         batch size without weights); a division by 0 gives 0. A scalar.
       sample_weight: None, a scalar or (batch,) row weights w_i. No gradient.
+      label_axis: JAX only: the name of the axis of `mesh` the kernel's
+        labels (its columns, the bias and dense labels) are split over. Each
+        device computes its label slice's logits chunk by chunk and the
+        devices all-reduce O(batch) numbers per row, never the logits
+        (`_head_sharded_jax`, docs/distributed.md); the kernel's and bias's
+        gradients stay label-sharded, the hidden gradient is all-reduced.
+        Always the two-pass form; a reduction is applied to its per-row
+        loss. None (the default): one device's head, as without sharding.
+      mesh: the `jax.sharding.Mesh` of label_axis (Keras: the distribution's
+        `device_mesh.backend_mesh`); None: the mesh of kernel's
+        NamedSharding (a placed kernel, not a traced one).
+      batch_axis: the mesh axis the rows are split over, or None (rows
+        replicated over the mesh).
+      label_count: the real label count where the kernel's columns from it
+        on are padding (masked out: no loss, gradient 0), as a kernel that
+        lives label-sharded must divide evenly over label_axis. Default: all
+        of kernel's columns are labels.
 
     Computes in kernel's dtype (hidden and bias are cast to it) and
     accumulates the row statistics in float32 (float64 for float64); the
@@ -95,21 +140,23 @@ def bpmll_head_loss(
     neither in [0, labels) nor -1, makes its row NaN rather than raising.
     TensorFlow (eager, tf.function, jit_compile) and JAX (eager, jit).
     """
-    options = dict(label_ids=label_ids, chunk_size=chunk_size, reduction=reduction, sample_weight=sample_weight)
-    backend = _backend(hidden, labels, kernel, bias, sample_weight)
-    return backend.bpmll_head_loss_and_rows(labels, hidden, kernel, bias, name=name, **options)[0]
+    options = dict(label_ids=label_ids, chunk_size=chunk_size, reduction=reduction, sample_weight=sample_weight,
+                   name=name)
+    sharding = dict(mesh=mesh, label_axis=label_axis, batch_axis=batch_axis, label_count=label_count)
+    return _loss_and_rows(labels, hidden, kernel, bias, sharding, options)[0]
 
 
 @_dispatch.not_converted
 def bpmll_head_loss_and_rows(labels: Any, hidden: Any, kernel: Any, bias: Any = None, **options: Any) -> tuple[Any, Any]:
     """(loss, per-row loss): `bpmll_head_loss` with these arguments and
-    keyword options (label_ids, chunk_size, reduction, sample_weight, name),
+    keyword options (label_ids, chunk_size, reduction, sample_weight, name,
+    and the label-sharded head's mesh, label_axis, batch_axis, label_count),
     and the unweighted per-row loss (batch,) it reduced, from the same pass
     (what a Keras layer adds as its loss and returns). On the one-pass form
     (label ids with a reduction) the per-row loss carries no gradient: the
     loss's gradients were computed for the reduction."""
-    backend = _backend(hidden, labels, kernel, bias, options.get("sample_weight"))
-    return backend.bpmll_head_loss_and_rows(labels, hidden, kernel, bias, **options)
+    sharding = {key: options.pop(key, None) for key in ("mesh", "label_axis", "batch_axis", "label_count")}
+    return _loss_and_rows(labels, hidden, kernel, bias, sharding, options)
 
 
 @_dispatch.not_converted
