@@ -17,6 +17,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
+from helpers.head_checks import assert_head_results_match  # noqa: E402
+
 import tf_fused_losses as tfl  # noqa: E402
 from tf_fused_losses import head  # noqa: E402
 from tf_fused_losses.head_layers import BPMLLHead  # noqa: E402
@@ -211,24 +213,8 @@ def fused_reduced(labels, hidden, kernel, bias, upstream, wrap, **kwargs):
 
 
 def assert_matches_extended(got, want, grad_rtol=GRAD_RTOL, loss_rtol=LOSS_RTOL):
-    """As assert_matches, where NaN and infinities may appear: the same
-    entries NaN, +inf and -inf, the finite ones close (the gradients'
-    relative to their finite entries' scale)."""
-    for name, g, w in zip(("loss", "hidden", "kernel", "bias"), got, want):
-        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-        assert g.shape == w.shape, name
-        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{name}: NaN entries")
-        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=f"{name}: +inf entries")
-        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=f"{name}: -inf entries")
-        finite = np.isfinite(w)
-        if not finite.any():
-            continue
-        if name == "loss":
-            np.testing.assert_allclose(g[finite], w[finite], rtol=loss_rtol, atol=0)
-        else:
-            scale = max(np.max(np.abs(w[finite])), np.finfo(np.float32).tiny)
-            error = np.max(np.abs(g[finite] - w[finite])) / scale
-            assert error <= grad_rtol, f"d/d{name}: max abs error {error:.3g} of its scale"
+    """As assert_matches, where NaN and infinities may appear (helpers.head_checks)."""
+    assert_head_results_match(got, want, grad_rtol, loss_rtol)
 
 
 @pytest.mark.parametrize("wrap", list(WRAPS))
