@@ -19,6 +19,12 @@ Variants:
                  the step (tf.where, outside XLA only: not static-shaped),
                  then the one-pass form: what a one-pass form on dense
                  labels would cost, against head-dense
+  gemms          no loss: the step's three GEMMs alone (logits = hidden @
+                 kernel + bias, then logits @ kernel^T and hidden^T @ logits
+                 as if the logits were their own gradient), unchunked: the
+                 floor under any head, so what the head's per-chunk
+                 arithmetic costs above it, and what a fused per-chunk
+                 kernel could at most save
 each with tf.function(jit_compile=True) ("xla") and without ("graph").
 
 Memory: "extra" = peak RSS (VmHWM, reset once the weights and the batch
@@ -41,7 +47,7 @@ import subprocess
 import sys
 import time
 
-LOSSES = ("unfused-dense", "unfused-ids", "head-ids", "head-ids-onepass", "head-dense", "head-dense-onepass")
+LOSSES = ("unfused-dense", "unfused-ids", "head-ids", "head-ids-onepass", "head-dense", "head-dense-onepass", "gemms")
 # The dense labels' nonzeros have no static shape: that variant runs outside XLA only.
 VARIANTS = [f"{loss}:{mode}" for loss in LOSSES for mode in ("xla", "graph") if (loss, mode) != ("head-dense-onepass", "xla")]
 
@@ -125,7 +131,18 @@ def worker(args):
             return head.bpmll_head_loss(
                 dense_ids, hidden, kernel, bias, label_ids=True, chunk_size=args.chunk_size, reduction="sum_over_batch_size"
             )
+        if loss_name == "gemms":
+            return gemms_only(hidden, kernel, bias)
         return tf.reduce_mean(head.bpmll_head_loss(dense, hidden, kernel, bias, chunk_size=args.chunk_size))
+
+    @tf.custom_gradient
+    def gemms_only(hidden, kernel, bias):
+        logits = tf.matmul(hidden, kernel) + bias
+
+        def grad(upstream):
+            return tf.matmul(logits, kernel, transpose_b=True), tf.matmul(hidden, logits, transpose_a=True), tf.reduce_sum(logits, 0)
+
+        return tf.reduce_sum(logits[:, :1]), grad
 
     @tf.function(jit_compile=mode == "xla")
     def step():

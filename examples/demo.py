@@ -220,11 +220,10 @@ def extreme_labels(labels, batch, d=256):
     for variant, name in variants.items():
         row = rows[variant]
         progress(f"  {name:<36} {row['step_s']:6.2f} s/step   extra memory {row['extra_mb']:7,.0f} MB")
-    logits_mb, kernel_mb = batch * labels * 4 / 2**20, d * labels * 4 / 2**20
+    logits_mb = batch * labels * 4 / 2**20
     progress(f"  extra memory: peak resident memory beyond the weights and their gradients. Dense + loss holds the\n"
              f"  (batch, labels) logits and their gradient, {logits_mb:,.0f} MB each in float32; the head never makes\n"
-             f"  them. Outside XLA (Keras' default on a CPU) the head assembles the kernel's gradient from its chunks\n"
-             f"  once, a transient {kernel_mb:,.0f} MB copy; under jit_compile it is written in place.")
+             f"  them, and writes the kernel's gradient in place, chunk by chunk.")
 
 
 if __name__ == "__main__":

@@ -142,12 +142,12 @@ def test_float64_and_mixed_precision(rng):
     np.testing.assert_allclose(tf.cast(loss, tf.float32), tf.cast(want, tf.float32), rtol=2e-2)
 
 
-def test_nan_logits_and_bad_ids_give_their_row_nan(rng):
+def test_nan_logits_and_bad_ids_give_their_row_nan_inside_xla(rng):
     hidden, kernel, bias = problem(rng)
     hidden[0, 1] = np.nan
     ids, dense = ids_and_dense(rng, 6, 23, 3, 4)
-    ids[4, 0] = 23  # outside [0, 23): NaN on this path, which may run under XLA
-    for wrap in (WRAPS["eager"], WRAPS["jit_compile"]):
+    ids[4, 0] = 23  # outside [0, 23): NaN under XLA, where nothing can raise
+    for wrap in (WRAPS["jit_compile"],):
         loss, dhidden, dkernel, _ = fused(ids, hidden, kernel, bias, tf.ones([6]), wrap, label_ids=True, chunk_size=5)
         loss = np.asarray(loss)
         assert np.isnan(loss[0]) and np.isnan(loss[4])
@@ -156,6 +156,19 @@ def test_nan_logits_and_bad_ids_give_their_row_nan(rng):
         dense_rest = dense[rest]
         want = tfl.bpmll_loss(dense_rest, hidden[rest] @ kernel + bias)
         np.testing.assert_allclose(loss[rest], want, rtol=LOSS_RTOL)
+
+
+@pytest.mark.parametrize("reduction", [None, "sum"])
+@pytest.mark.parametrize("wrap", ["eager", "tf.function"])
+def test_bad_ids_raise_outside_xla_naming_the_first(rng, wrap, reduction):
+    hidden, kernel, bias = problem(rng)
+    ids, _ = ids_and_dense(rng, 6, 23, 3, 4)
+    ids[4, 2] = 23
+    ids[5, 0] = -2
+    error = ValueError if wrap == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"label_ids\[4, 2\] = 23 is outside \[0, 23\) and is not the padding -1"):
+        fused(ids, hidden, kernel, bias, tf.ones([6]) if reduction is None else tf.constant(1.0), WRAPS[wrap],
+              label_ids=True, chunk_size=5, reduction=reduction)
 
 
 def test_bad_arguments_raise():
@@ -271,7 +284,7 @@ def test_one_pass_nan_and_infinite_logits(rng, wrap):
     unfused H^T dlogits, all of dkernel and dbias; infinite logits (a bias
     of +inf on a column that is some rows' positive and others' negative,
     -inf on another) give the unfused path's infinities and NaNs; a bad id
-    makes its row NaN."""
+    makes its row NaN inside XLA."""
     hidden, kernel, bias = problem(rng, labels=23)
     ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
     infinite = hidden.copy()
@@ -292,7 +305,11 @@ def test_one_pass_nan_and_infinite_logits(rng, wrap):
     assert_matches_extended(got, want)
     bad = ids.copy()
     bad[4, 0] = 23
-    loss, rows = head.bpmll_head_loss_and_rows(bad, hidden, kernel, bias, label_ids=True, chunk_size=7, reduction="sum")
+    rows_of = tf.function(
+        lambda b: head.bpmll_head_loss_and_rows(b, hidden, kernel, bias, label_ids=True, chunk_size=7, reduction="sum"),
+        jit_compile=True,
+    )
+    loss, rows = rows_of(tf.constant(bad))  # inside XLA: the row is NaN (outside, the id raises)
     assert np.isnan(loss) and np.isnan(rows[4]) and not np.any(np.isnan(np.delete(np.asarray(rows), 4)))
 
 

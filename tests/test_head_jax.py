@@ -114,6 +114,16 @@ def test_nan_logits_and_bad_ids_give_their_row_nan(rng):
     np.testing.assert_allclose(loss[rest], want, rtol=LOSS_RTOL)
 
 
+@pytest.mark.parametrize("reduction", [None, "sum"])
+def test_bad_ids_raise_outside_jit_naming_the_first(rng, reduction):
+    hidden, kernel, bias = problem(rng)
+    ids, _ = ids_and_dense(rng, 6, 23, 3, 4)
+    ids[4, 2] = 23
+    ids[5, 0] = -2
+    with pytest.raises(ValueError, match=r"label_ids\[4, 2\] = 23 is outside \[0, 23\) and is not the padding -1"):
+        head.bpmll_head_loss(jnp.asarray(ids), hidden, kernel, bias, label_ids=True, chunk_size=5, reduction=reduction)
+
+
 # --------------------------------------------------------------------------
 # Reductions: the one-pass form on ids, the two-pass form reduced on dense
 # labels
@@ -209,7 +219,7 @@ def test_one_pass_edge_rows(rng):
 def test_one_pass_nan_and_infinite_logits(rng, jit):
     """A NaN logit makes its row's loss and dhidden NaN and all of dkernel
     and dbias, as the unfused H^T dlogits; infinite logits give the unfused
-    path's infinities and NaNs; a bad id makes its row NaN."""
+    path's infinities and NaNs; a bad id makes its row NaN under jax.jit."""
     hidden, kernel, bias = problem(rng)
     ids, dense = ids_and_dense(rng, 6, 23, 5, 7)
     bias_inf = bias.at[ids[0, 0]].set(jnp.inf).at[ids[3, 1]].set(-jnp.inf)
@@ -223,8 +233,8 @@ def test_one_pass_nan_and_infinite_logits(rng, jit):
     assert_matches_extended(got, unfused(with_nan, kernel, bias))
     bad = ids.copy()
     bad[4, 0] = 23
-    loss, rows = head.bpmll_head_loss_and_rows(jnp.asarray(bad), hidden, kernel, bias, label_ids=True, chunk_size=7,
-                                               reduction="sum")
+    loss, rows = jax.jit(lambda b: head.bpmll_head_loss_and_rows(b, hidden, kernel, bias, label_ids=True, chunk_size=7,
+                                                                 reduction="sum"))(jnp.asarray(bad))
     assert np.isnan(loss) and np.isnan(rows[4]) and not np.any(np.isnan(np.delete(np.asarray(rows), 4)))
 
 

@@ -137,7 +137,7 @@ def worker_calls(batch, labels):
     assert len(devices) == DEVICES, devices
     mesh = Mesh(np.array(devices), ("x",))
     one = devices[0]
-    report = {}
+    report = {"shardy": bool(jax.config.jax_use_shardy_partitioner)}
     for name, (f, arrays) in _call_cases(np, jnp, tfl, _ids_jax.bpmll_loss_from_padded_ids, batch, labels).items():
         sharded = [jax.device_put(a, NamedSharding(mesh, P("x"))) for a in arrays]
         fun = jax.jit(f)
@@ -330,9 +330,25 @@ def _worker(*args, env=None, timeout=600):
 BATCH, LABELS = 64, 100
 
 
-@pytest.fixture(scope="module")
-def calls():
-    return _worker("calls", BATCH, LABELS)
+@pytest.fixture(scope="module", params=["shardy", "gspmd"])
+def calls(request):
+    """Under Shardy (JAX's default partitioner: the calls' sdy.sharding_rule)
+    and under GSPMD (jax_use_shardy_partitioner off: XLA's batch-partitionable
+    custom-call partitioner alone)."""
+    env = dict(os.environ, JAX_USE_SHARDY_PARTITIONER="true" if request.param == "shardy" else "false")
+    report = _worker("calls", BATCH, LABELS, env=env)
+    assert report["shardy"] == (request.param == "shardy"), "the worker ran under the other partitioner"
+    return report
+
+
+# Under GSPMD, XLA's batch partitioner takes one sharding common to the
+# operands' dim 0 (hlo_sharding_util::FindCommonSharding): for the
+# correlation backward without a mask, whose operands include the replicated
+# (0,) "no mask" placeholder and a broadcast cotangent, that is replication,
+# so that one call runs whole on each device (its inputs all-gathered), with
+# the same bits. Shardy, JAX's default, partitions it (the sharding rule).
+GSPMD_REPLICATED = {("pearson", "tfl_correlation_loss_grad"), ("ccc", "tfl_correlation_loss_grad"),
+                    ("ccc_steps_1", "tfl_correlation_loss_grad")}
 
 
 EXPECTED_TARGETS = {
@@ -354,13 +370,17 @@ def test_every_custom_call_runs_on_its_devices_rows(calls, name):
     r = calls[name]
     assert sorted(c["target"] for c in r["calls"]) == EXPECTED_TARGETS[name], r["calls"]
     rows = BATCH // DEVICES
+    replicated = set() if calls["shardy"] else {t for n, t in GSPMD_REPLICATED if n == name}
     for call in r["calls"]:
         for shape in call["operands"] + call["results"]:
             # (0,): the "no mask" / "gradient not computed" placeholders.
-            assert shape == [0] or shape[0] == rows, (name, call)
+            assert shape == [0] or shape[0] == (BATCH if call["target"] in replicated else rows), (name, call)
     y_pred_operands = [s for c in r["calls"] for s in c["operands"] if s[1:2] == [LABELS]]
     assert y_pred_operands, r["calls"]
-    assert r["collectives"] == [], r["collectives"]
+    if replicated:
+        assert {op for op, _, _ in r["collectives"]} == {"all-gather"}, r["collectives"]
+    else:
+        assert r["collectives"] == [], r["collectives"]
     assert r["result_shard_shapes"] and all(s[0] == rows for s in r["result_shard_shapes"]), r
     assert r["bits_equal_per_device"], r
     assert r["bits_equal_one_device"], r

@@ -19,8 +19,9 @@ label chunks (a lax.fori_loop over the whole chunks, then the remainder):
 Both write the chunk's columns of the kernel's and bias's gradient in place
 (lax.dynamic_update_slice into the loop's carry, which XLA updates without a
 copy). The numerics and the NaN/inf rule are those of the pure-TF form
-(docs/semantics.md), written out here with jax.numpy; bad labels and bad ids
-give their row NaN rather than raising.
+(docs/semantics.md), written out here with jax.numpy; bad labels give their
+row NaN, and so do bad ids under jax.jit (outside it they raise, naming the
+id).
 """
 
 import functools
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._head_validation import check_head_arguments, check_reduction, chunk_width, reduction_divisor
+from ._head_validation import check_concrete_ids, check_head_arguments, check_reduction, chunk_width, reduction_divisor
 from ._jax_ops import _as_array
 
 
@@ -374,6 +375,10 @@ def bpmll_head_loss_and_rows(
     bias = jnp.zeros((label_count,), compute) if bias is None else bias.astype(compute)
     hidden = hidden.astype(compute)
     labels = lax.stop_gradient(labels)
+    if label_ids and not isinstance(labels, jax.core.Tracer):
+        # Outside jax.jit an id that is neither a label nor -1 raises, naming
+        # it; traced, nothing can raise, and it makes its row NaN.
+        check_concrete_ids(np.asarray(labels), label_count)
     weights, divisor = _weights_and_divisor(reduction, sample_weight, hidden.shape[0], acc)
     if reduction is not None and label_ids:
         weights = jnp.ones(hidden.shape[:1], acc) if weights is None else weights

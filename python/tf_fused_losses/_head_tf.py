@@ -27,7 +27,7 @@ forms; which runs when:
   them) and soft labels weigh a column on both sides. Measured
   (bench/head_bench.py, 670,091 labels, docs/benchmarks.md): the one-pass
   form on ids taken from binary dense labels inside the step (tf.where,
-  graph mode) took 8.1 s against 14.1 s for the two passes on the dense
+  graph mode) took 7.4 s against 13.6 s for the two passes on the dense
   labels, so binary labels outside XLA are better passed as ids
   (label_ids=True, a RaggedTensor from tf.where); the head does not convert
   them itself (a run-time check of every label, a data-dependent branch
@@ -46,13 +46,15 @@ into the chunk), so the negatives' sum skips them exactly rather than
 subtracting them from a total. The two-pass form takes each positive's
 logit from the chunk GEMM; the one-pass form from a dot product with its
 gathered column (which may round differently from the GEMM's, well within
-float32 tolerance). The kernel's gradient is written in place under XLA
-(dynamic-update-slice into the loop's carry); outside XLA it collects in a
-TensorArray and is assembled once (transient copies of the kernel
-gradient). The numerics and the NaN/inf rule are those of
-`_tf_pure._bpmll_rows` (docs/semantics.md), except that bad labels and bad
-ids give their row NaN rather than raising (the head may run under XLA,
-where nothing can raise).
+float32 tolerance). The kernel's gradient is written in place: under XLA
+by dynamic-update-slice into the loop's carry, outside XLA on a CPU by the
+library's FusedHeadWriteColumns (TF's own ops would copy it); only where
+neither serves (a GPU outside XLA, the pure path) do its chunks collect in a
+TensorArray, assembled once (a transient copy of the kernel gradient).
+The numerics and the NaN/inf rule are those of `_tf_pure._bpmll_rows`
+(docs/semantics.md), except that bad labels give their row NaN rather than
+raising, and so do bad ids inside XLA, where nothing can raise (outside it
+they raise, naming the id: `_checked_ids`).
 """
 
 import numpy as np
@@ -63,7 +65,14 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import _loader
-from ._head_validation import check_head_arguments, check_reduction, chunk_width, reduction_divisor
+from ._head_validation import (
+    bad_id_message,
+    check_concrete_ids,
+    check_head_arguments,
+    check_reduction,
+    chunk_width,
+    reduction_divisor,
+)
 from ._tf_pure import _exp_difference, _exp_extended, _row_logsumexp
 
 
@@ -218,6 +227,8 @@ def bpmll_head_loss_and_rows(
         acc = tf.float64 if compute == tf.float64 else tf.float32
         width = chunk_width(chunk_size, hidden.shape[0], label_count)
         labels = tf.stop_gradient(labels)
+        if label_ids:
+            labels = _checked_ids(labels, label_count)
         # Without a bias the head adds zeros, whose gradient is dropped.
         bias_or_zeros = tf.zeros([label_count], compute) if bias is None else tf.cast(bias, compute)
         chunk_labels = _Labels(labels, label_ids, label_count, acc)
@@ -233,6 +244,27 @@ def bpmll_head_loss_and_rows(
         if reduction is None:
             return tf.cast(weighted, compute), rows
         return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(weighted), divisor), compute), rows
+
+
+def _checked_ids(ids, label_count):
+    """ids, having raised on one that is neither a label nor -1, where
+    anything can raise: eagerly a ValueError, in a graph an
+    InvalidArgumentError when the step runs, each naming the first such id.
+    Inside XLA nothing can raise: such an id makes its row NaN (`_Labels`)."""
+    if tf.executing_eagerly():
+        check_concrete_ids(ids.numpy(), label_count)
+        return ids
+    if _loader.in_xla_context():
+        return ids
+    bad = tf.logical_and(ids != -1, tf.logical_or(ids < 0, ids >= label_count))
+    # The first bad id's position, or (0, 0) where there is none (not
+    # reported; read from ids padded by a row and a column, so that it
+    # exists for an empty batch too).
+    first = tf.concat([tf.where(bad), tf.zeros([1, 2], tf.int64)], axis=0)[0]
+    value = tf.gather_nd(tf.pad(ids, [[0, 1], [0, 1]]), first)
+    message = tf.strings.format(bad_id_message("{}", "{}", "{}", label_count), (first[0], first[1], value))
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])]):
+        return tf.identity(ids)
 
 
 def _weights_and_divisor(reduction, sample_weight, batch, acc):
@@ -544,7 +576,17 @@ def _gradient_loop(chunk_gradients, hidden, kernel, label_count, width, state=()
     dhidden = tf.zeros(tf.shape(hidden), acc)
     if _loader.in_xla_context():
         return _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
+    if _column_writes_available():
+        return _gradients_written_by_op(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
     return _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
+
+
+def _column_writes_available():
+    """Whether the op library's in-place column writes serve this process:
+    the library loads (not the pure path) and no GPU is visible (the ops
+    have CPU kernels only; placed on a CPU, a GPU's kernel gradient would
+    cross to the host every chunk)."""
+    return not _loader.use_pure_tf() and not tf.config.list_logical_devices("GPU")
 
 
 def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
@@ -573,8 +615,43 @@ def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, st
     return dhidden, dkernel, dbias, state
 
 
+def _gradients_written_by_op(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
+    """Outside XLA, on a CPU: as `_gradients_in_place`, with the library's
+    FusedHeadWriteColumns and FusedHeadAddColumns in place of XLA's
+    dynamic-update-slice and scatter. They write into the buffer they are
+    given, which must be this loop's own: it comes from Empty (never folded
+    or shared) and passes through nothing else. Every column is written by
+    one chunk, so it starts uninitialised. TF's TensorScatterUpdate would
+    copy the whole buffer every chunk here (a while loop never forwards its
+    carry), and a TensorArray costs a transient kernel-sized copy; with
+    these the step's extra memory is the chunk scratch (docs/benchmarks.md)."""
+    acc = dhidden.dtype
+    library = _loader.ops()
+
+    def step(start, width, carry):
+        dhidden, dkernel, dbias, state = carry
+        chunk_dhidden, dkernel_chunk, dbias_chunk, state = chunk_gradients(start, width, False, state)
+        dkernel = library.fused_head_write_columns(matrix=dkernel, columns=dkernel_chunk, start=start)
+        dbias = library.fused_head_write_columns(matrix=dbias, columns=dbias_chunk[None], start=start)
+        return dhidden + chunk_dhidden, dkernel, dbias, state
+
+    shape = tf.shape(kernel)
+    carry = (
+        dhidden,
+        tf.raw_ops.Empty(shape=shape, dtype=kernel.dtype, init=False),
+        tf.raw_ops.Empty(shape=tf.stack([1, shape[1]]), dtype=acc, init=False),
+        state,
+    )
+    dhidden, dkernel, dbias, state = _chunks(width, label_count, step, carry)
+    if added_columns is not None and label_count:
+        ids, columns = added_columns(state)
+        dkernel = library.fused_head_add_columns(matrix=dkernel, ids=ids, columns=tf.cast(columns, dkernel.dtype))
+    return dhidden, tf.ensure_shape(dkernel, kernel.shape), tf.reshape(dbias, [label_count]), state
+
+
 def _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
-    """Outside XLA (no in-place update there): the kernel's and bias's
+    """Outside XLA where the library's column writes do not serve (a GPU,
+    the pure path): the kernel's and bias's
     columns collect in TensorArrays, one (width, d) / (width,) element per
     chunk, assembled once at the end (the assembly and the transpose cost
     transient copies of the kernel gradient); the added columns are

@@ -2,6 +2,8 @@
 chunk size, one wording for the TF and JAX heads (_head_tf, _head_jax);
 framework-free, as _validation."""
 
+import numpy as np
+
 from ._validation import (
     check_float_dtype,
     is_numeric,
@@ -66,6 +68,21 @@ def check_head_arguments(labels, hidden, kernel, bias, label_ids):
             f"{shape_text(hidden)}"
         )
     return kernel_dims[1]
+
+
+def bad_id_message(row, position, value, label_count):
+    """The ids op's wording (cc/core/bpmll/bpmll_ids_cpu.cc) for an id that
+    is neither a label nor the padding."""
+    return f"label_ids[{row}, {position}] = {value} is outside [0, {label_count}) and is not the padding -1"
+
+
+def check_concrete_ids(ids, label_count):
+    """Raises ValueError naming the first id (row-major) of the (batch, K)
+    numpy array that is neither in [0, label_count) nor -1."""
+    bad = (ids != -1) & ((ids < 0) | (ids >= label_count))
+    if bad.any():
+        row, position = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(bad_id_message(row, position, int(ids[row, position]), label_count))
 
 
 def chunk_width(chunk_size, batch, label_count):
