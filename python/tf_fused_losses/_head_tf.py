@@ -19,7 +19,10 @@ forms; which runs when:
   through the gathered columns. The unfused step's three GEMMs. A chunk
   takes a fast form (one exp per logit, N from the dlogits' row sums) where
   every logit is finite and the row sums are in range, else the max-shifted
-  log-sum-exp (see `_one_pass`).
+  log-sum-exp (see `_one_pass`). Outside XLA on a CPU the fast form is one
+  kernel of the library per chunk (FusedHeadChunk: 3% faster a step than
+  the framework's passes; under XLA those fuse and the step runs at its
+  GEMMs' time).
 * two passes (`_fused_head`): no reduction (a per-row loss whose upstream
   may be anything: H^T diag(g) dC cannot be rescaled afterwards), and dense
   labels with or without a reduction (the reduction is then applied to the
@@ -452,7 +455,16 @@ def _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias):
     all_rows_fast = tf.reduce_all(tf.equal(fast_rows, counted))
     smallest_sum = tf.constant(2.0**-64 if acc == tf.float32 else 2.0**-900, acc)
 
+    # Outside XLA, on a CPU, the fast form is the library's one-pass chunk
+    # kernel (FusedHeadChunk) rather than several framework passes over the
+    # chunk; in float32/float64, where the logits need no cast.
+    chunk_kernel = compute == acc and _chunk_kernel_available()
+    if chunk_kernel:
+        counted_ids = tf.where(valid, ids, -1)
+
     def chunk_gradients(start, width, transposed, state):
+        if chunk_kernel:
+            return chunk_gradients_by_kernel(start, width, transposed, state)
         log_n, nan_row = state
         kernel_chunk, c = _chunk_logits(hidden, kernel, bias, start, width, acc)
         # Fast form: the negatives' terms e^{c + log A - log pairs} are the
@@ -474,18 +486,45 @@ def _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias):
         def fast_form():
             return row_scale[:, None] * terms, _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0]), nan_row
 
-        def exact_form():
-            # Log-sum-exp with the row's maximum shifted out, and the
-            # dlogits in extended arithmetic.
-            positive = chunk_labels.positives(start, width)
-            exact_log_n = _logaddexp(log_n, _row_logsumexp(tf.where(positive, neg_inf, c)))
-            exact_nan_row = tf.logical_or(nan_row, tf.reduce_any(tf.math.is_nan(c), axis=1))
-            negative_counted = tf.logical_and(counted[:, None], tf.logical_not(positive))
-            dlogits = row_scale[:, None] * tf.where(negative_counted, _exp_extended(c + log_negative_factor), zero)
-            return dlogits, exact_log_n, exact_nan_row
-
-        dlogits, log_n, nan_row = tf.cond(fast, fast_form, exact_form)
+        dlogits, log_n, nan_row = tf.cond(fast, fast_form, lambda: exact_chunk(start, width, c, log_n, nan_row)[:3])
         return _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed) + ((log_n, nan_row),)
+
+    def exact_chunk(start, width, c, log_n, nan_row):
+        """A chunk's (dlogits, log N, NaN rows, bias columns) by the
+        log-sum-exp with each row's maximum shifted out, and the dlogits in
+        extended arithmetic."""
+        positive = chunk_labels.positives(start, width)
+        exact_log_n = _logaddexp(log_n, _row_logsumexp(tf.where(positive, neg_inf, c)))
+        exact_nan_row = tf.logical_or(nan_row, tf.reduce_any(tf.math.is_nan(c), axis=1))
+        negative_counted = tf.logical_and(counted[:, None], tf.logical_not(positive))
+        dlogits = row_scale[:, None] * tf.where(negative_counted, _exp_extended(c + log_negative_factor), zero)
+        return dlogits, exact_log_n, exact_nan_row, tf.reduce_sum(dlogits, axis=0)
+
+    def chunk_gradients_by_kernel(start, width, transposed, state):
+        """chunk_gradients with the fast form's passes over the chunk in one
+        kernel (the same arithmetic; exp may differ in the last bit)."""
+        log_n, nan_row = state
+        kernel_chunk = _columns(kernel, start, width)
+        matmul = tf.matmul(hidden, kernel_chunk)
+        bias_chunk = tf.slice(bias, [start], [width])
+        terms, term_sums, logit_sums, column_sums = _loader.ops().fused_head_chunk(
+            matmul=matmul, bias=bias_chunk, factor=fast_factor[:, 0], row_scale=row_scale, ids=counted_ids,
+            start=start,
+        )
+        sums_in_range = tf.logical_and(term_sums >= smallest_sum, term_sums <= acc.max)
+        fast = tf.logical_and(
+            all_rows_fast,
+            tf.reduce_all(
+                tf.logical_and(tf.math.is_finite(logit_sums), tf.logical_or(sums_in_range, tf.logical_not(counted)))
+            ),
+        )
+        dlogits, log_n, nan_row, dbias = tf.cond(
+            fast,
+            lambda: (terms, _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0]), nan_row, column_sums),
+            lambda: exact_chunk(start, width, matmul + bias_chunk, log_n, nan_row),
+        )
+        dhidden, dkernel_chunk, _ = _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed, dbias=dbias)
+        return dhidden, dkernel_chunk, dbias, (log_n, nan_row)
 
     def positive_dlogits(log_n):
         """(batch, ids): -row_scale e^{-c_k + log N - log pairs} at the
@@ -547,12 +586,13 @@ def _backward(chunk_labels, statistics, hidden, kernel, bias, upstream, width):
     return tf.cast(dhidden, compute), dkernel, tf.cast(dbias, bias.dtype)
 
 
-def _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed):
+def _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed, dbias=None):
     """A chunk's share of the gradients from its dlogits (batch, width), in
     the accumulation dtype: dhidden (accumulation dtype), the kernel's
     columns (compute dtype; (width, d) if transposed, so that chunks stack
     along rows, else (d, width)) and the bias's (accumulation dtype). Two
-    GEMMs in the compute dtype."""
+    GEMMs in the compute dtype. dbias: the bias's columns where the caller
+    has them already."""
     compute = kernel_chunk.dtype
     dlogits_compute = tf.cast(dlogits, compute)
     dhidden = tf.cast(tf.matmul(dlogits_compute, kernel_chunk, transpose_b=True), dlogits.dtype)
@@ -560,7 +600,7 @@ def _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed):
         dkernel_chunk = tf.matmul(dlogits_compute, hidden, transpose_a=True)
     else:
         dkernel_chunk = tf.matmul(hidden, dlogits_compute, transpose_a=True)
-    return dhidden, dkernel_chunk, tf.reduce_sum(dlogits, axis=0)
+    return dhidden, dkernel_chunk, tf.reduce_sum(dlogits, axis=0) if dbias is None else dbias
 
 
 def _gradient_loop(chunk_gradients, hidden, kernel, label_count, width, state=(), added_columns=None):
@@ -613,6 +653,13 @@ def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, st
         where = tf.stack([rows, tf.broadcast_to(ids[None], tf.shape(rows))], axis=-1)
         dkernel = tf.tensor_scatter_nd_add(dkernel, where, tf.transpose(columns))
     return dhidden, dkernel, dbias, state
+
+
+def _chunk_kernel_available():
+    """Whether the one-pass form's fast chunks take the library's
+    FusedHeadChunk: outside XLA (inside, XLA fuses the framework's ops as
+    well: docs/benchmarks.md), where the library serves a CPU."""
+    return not _loader.in_xla_context() and not _loader.use_pure_tf() and not tf.config.list_logical_devices("GPU")
 
 
 def _gradients_written_by_op(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):

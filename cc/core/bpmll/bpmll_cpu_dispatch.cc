@@ -1,6 +1,6 @@
 // Picks the best build of bpmll_cpu_chunks.cc that this CPU can run.
 #include "bpmll_cpu_chunks.h"
-#include "cpu_isa.h"
+#include "cpu_isa_dispatch.h"
 
 namespace tf_fused_losses {
 
@@ -11,35 +11,18 @@ namespace tf_fused_losses {
   template <typename Logit>                                               \
   const tf_fused_losses::ScaleChunkOps<Logit>& ScaleChunkOps();           \
   }
-TFL_DECLARE_ISA(isa_baseline)
-#if defined(__x86_64__)
-TFL_DECLARE_ISA(isa_avx2)
-TFL_DECLARE_ISA(isa_avx512)
-#endif
+TFL_FOR_EACH_ISA(TFL_DECLARE_ISA)
 #undef TFL_DECLARE_ISA
 
-#if defined(__x86_64__)
-#define TFL_PICK_ISA(...)                                          \
-  switch (BestCpuIsa()) {                                             \
-    case CpuIsa::kAvx512:                                             \
-      return isa_avx512::__VA_ARGS__;                                      \
-    case CpuIsa::kAvx2:                                               \
-      return isa_avx2::__VA_ARGS__;                                        \
-    default:                                                            \
-      return isa_baseline::__VA_ARGS__;                                    \
-  }
-#else
-#define TFL_PICK_ISA(...) return isa_baseline::__VA_ARGS__;
-#endif
 
 template <typename Logit, typename Label>
 const BpmllChunkOps<Logit, Label>& BpmllChunkOpsForThisCpu() {
-  TFL_PICK_ISA(template BpmllChunkOps<Logit, Label>())
+  TFL_RETURN_FROM_BEST_ISA(template BpmllChunkOps<Logit, Label>())
 }
 
 template <typename Logit>
 const ScaleChunkOps<Logit>& ScaleChunkOpsForThisCpu() {
-  TFL_PICK_ISA(template ScaleChunkOps<Logit>())
+  TFL_RETURN_FROM_BEST_ISA(template ScaleChunkOps<Logit>())
 }
 
 #define TFL_INSTANTIATE_PAIR(Logit, Label) \
