@@ -197,6 +197,10 @@ setup(
     license="Apache-2.0",
     license_files=["LICENSE"],
     classifiers=CLASSIFIERS,
+    # No project_urls yet: the project has no public home (repository, issue
+    # tracker, documentation site) to point to. Add Homepage, Source, Issues
+    # and Changelog when it has one; until then the sdist carries the docs and
+    # the PyPI description has no relative links (pypi_long_description).
     keywords=["tensorflow", "jax", "keras", "custom-op", "xla-ffi", "loss", "bp-mll", "pearson-correlation", "ccc"],
     package_dir={"": "python"},
     packages=[PACKAGE],

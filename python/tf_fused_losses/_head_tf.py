@@ -621,12 +621,17 @@ def _gradient_loop(chunk_gradients, hidden, kernel, label_count, width, state=()
     return _gradients_by_chunks(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns)
 
 
-def _column_writes_available():
-    """Whether the op library's in-place column writes serve this process:
-    the library loads (not the pure path) and no GPU is visible (the ops
-    have CPU kernels only; placed on a CPU, a GPU's kernel gradient would
-    cross to the host every chunk)."""
+def _library_serves_the_cpu():
+    """Whether the op library's head ops (CPU kernels only) serve this
+    process: the library loads (not the pure path) and no GPU is visible
+    (placed on a CPU, a GPU's chunks would cross to the host each time)."""
     return not _loader.use_pure_tf() and not tf.config.list_logical_devices("GPU")
+
+
+def _column_writes_available():
+    """Whether the kernel gradient outside XLA is written in place by the
+    library's column writes (else collected in a TensorArray)."""
+    return _library_serves_the_cpu()
 
 
 def _gradients_in_place(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
@@ -659,7 +664,7 @@ def _chunk_kernel_available():
     """Whether the one-pass form's fast chunks take the library's
     FusedHeadChunk: outside XLA (inside, XLA fuses the framework's ops as
     well: docs/benchmarks.md), where the library serves a CPU."""
-    return not _loader.in_xla_context() and not _loader.use_pure_tf() and not tf.config.list_logical_devices("GPU")
+    return not _loader.in_xla_context() and _library_serves_the_cpu()
 
 
 def _gradients_written_by_op(chunk_gradients, dhidden, kernel, label_count, width, state, added_columns):
