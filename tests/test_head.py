@@ -166,9 +166,14 @@ def test_bad_ids_raise_outside_xla_naming_the_first(rng, wrap, reduction):
     ids[4, 2] = 23
     ids[5, 0] = -2
     error = ValueError if wrap == "eager" else tf.errors.InvalidArgumentError
-    with pytest.raises(error, match=r"label_ids\[4, 2\] = 23 is outside \[0, 23\) and is not the padding -1"):
-        fused(ids, hidden, kernel, bias, tf.ones([6]) if reduction is None else tf.constant(1.0), WRAPS[wrap],
-              label_ids=True, chunk_size=5, reduction=reduction)
+    upstream = tf.ones([6]) if reduction is None else tf.constant(1.0)
+    # The fused ids op's wording (cc/core/bpmll/bpmll_ids_cpu.cc), for an id
+    # past the labels and for a negative one.
+    with pytest.raises(error, match=r"label_ids\[4, 2\] = 23 is outside \[0, 23\)"):
+        fused(ids, hidden, kernel, bias, upstream, WRAPS[wrap], label_ids=True, chunk_size=5, reduction=reduction)
+    ids[4, 2] = -1
+    with pytest.raises(error, match=r"label_ids\[5, 0\] = -2 is neither a label id in \[0, 23\) nor the padding -1"):
+        fused(ids, hidden, kernel, bias, upstream, WRAPS[wrap], label_ids=True, chunk_size=5, reduction=reduction)
 
 
 def test_bad_arguments_raise():

@@ -120,7 +120,11 @@ def test_bad_ids_raise_outside_jit_naming_the_first(rng, reduction):
     ids, _ = ids_and_dense(rng, 6, 23, 3, 4)
     ids[4, 2] = 23
     ids[5, 0] = -2
-    with pytest.raises(ValueError, match=r"label_ids\[4, 2\] = 23 is outside \[0, 23\) and is not the padding -1"):
+    # The fused ids op's wording, for an id past the labels and a negative one.
+    with pytest.raises(ValueError, match=r"^label_ids\[4, 2\] = 23 is outside \[0, 23\)$"):
+        head.bpmll_head_loss(jnp.asarray(ids), hidden, kernel, bias, label_ids=True, chunk_size=5, reduction=reduction)
+    ids[4, 2] = -1
+    with pytest.raises(ValueError, match=r"^label_ids\[5, 0\] = -2 is neither a label id in \[0, 23\) nor the padding -1$"):
         head.bpmll_head_loss(jnp.asarray(ids), hidden, kernel, bias, label_ids=True, chunk_size=5, reduction=reduction)
 
 

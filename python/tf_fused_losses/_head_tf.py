@@ -265,7 +265,9 @@ def _checked_ids(ids, label_count):
     # exists for an empty batch too).
     first = tf.concat([tf.where(bad), tf.zeros([1, 2], tf.int64)], axis=0)[0]
     value = tf.gather_nd(tf.pad(ids, [[0, 1], [0, 1]]), first)
-    message = tf.strings.format(bad_id_message("{}", "{}", "{}", label_count), (first[0], first[1], value))
+    wordings = [tf.strings.format(bad_id_message("{}", "{}", "{}", label_count, sign=sign), (first[0], first[1], value))
+                for sign in (-1, 1)]
+    message = tf.where(value < 0, wordings[0], wordings[1])
     with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])]):
         return tf.identity(ids)
 
@@ -476,18 +478,32 @@ def _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias):
         # sum is >= 2^-64) and does not overflow.
         terms = chunk_labels.without_positives(start, width, tf.exp(c + fast_factor))
         term_sums = tf.reduce_sum(terms, axis=1)
-        sums_in_range = tf.logical_and(term_sums >= smallest_sum, term_sums <= acc.max)
-        finite_logits = tf.math.is_finite(tf.reduce_sum(c, axis=1))
-        fast = tf.logical_and(
-            all_rows_fast,
-            tf.reduce_all(tf.logical_and(finite_logits, tf.logical_or(sums_in_range, tf.logical_not(counted)))),
-        )
 
         def fast_form():
-            return row_scale[:, None] * terms, _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0]), nan_row
+            return row_scale[:, None] * terms, fast_log_n(log_n, term_sums), nan_row
 
-        dlogits, log_n, nan_row = tf.cond(fast, fast_form, lambda: exact_chunk(start, width, c, log_n, nan_row)[:3])
+        dlogits, log_n, nan_row = tf.cond(
+            takes_fast_form(term_sums, tf.reduce_sum(c, axis=1)),
+            fast_form,
+            lambda: exact_chunk(start, width, c, log_n, nan_row)[:3],
+        )
         return _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed) + ((log_n, nan_row),)
+
+    def takes_fast_form(term_sums, logit_sums):
+        """Whether a chunk may take the fast form (see chunk_gradients): every
+        logit finite (their row sums are) and every counted row's sum of
+        terms in range."""
+        sums_in_range = tf.logical_and(term_sums >= smallest_sum, term_sums <= acc.max)
+        return tf.logical_and(
+            all_rows_fast,
+            tf.reduce_all(
+                tf.logical_and(tf.math.is_finite(logit_sums), tf.logical_or(sums_in_range, tf.logical_not(counted)))
+            ),
+        )
+
+    def fast_log_n(log_n, term_sums):
+        """log N with a fast chunk's terms added: they sum to N e^{factor}."""
+        return _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0])
 
     def exact_chunk(start, width, c, log_n, nan_row):
         """A chunk's (dlogits, log N, NaN rows, bias columns) by the
@@ -511,16 +527,9 @@ def _one_pass(chunk_labels, row_scale, width, hidden, kernel, bias):
             matmul=matmul, bias=bias_chunk, factor=fast_factor[:, 0], row_scale=row_scale, ids=counted_ids,
             start=start,
         )
-        sums_in_range = tf.logical_and(term_sums >= smallest_sum, term_sums <= acc.max)
-        fast = tf.logical_and(
-            all_rows_fast,
-            tf.reduce_all(
-                tf.logical_and(tf.math.is_finite(logit_sums), tf.logical_or(sums_in_range, tf.logical_not(counted)))
-            ),
-        )
         dlogits, log_n, nan_row, dbias = tf.cond(
-            fast,
-            lambda: (terms, _logaddexp(log_n, tf.math.log(term_sums) - fast_factor[:, 0]), nan_row, column_sums),
+            takes_fast_form(term_sums, logit_sums),
+            lambda: (terms, fast_log_n(log_n, term_sums), nan_row, column_sums),
             lambda: exact_chunk(start, width, matmul + bias_chunk, log_n, nan_row),
         )
         dhidden, dkernel_chunk, _ = _chunk_weight_gradients(dlogits, hidden, kernel_chunk, transposed, dbias=dbias)
@@ -697,7 +706,7 @@ def _gradients_written_by_op(chunk_gradients, dhidden, kernel, label_count, widt
     dhidden, dkernel, dbias, state = _chunks(width, label_count, step, carry)
     if added_columns is not None and label_count:
         ids, columns = added_columns(state)
-        dkernel = library.fused_head_add_columns(matrix=dkernel, ids=ids, columns=tf.cast(columns, dkernel.dtype))
+        dkernel = library.fused_head_add_columns(matrix=dkernel, ids=ids, columns=columns)
     return dhidden, tf.ensure_shape(dkernel, kernel.shape), tf.reshape(dbias, [label_count]), state
 
 

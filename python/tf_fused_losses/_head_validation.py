@@ -70,10 +70,15 @@ def check_head_arguments(labels, hidden, kernel, bias, label_ids):
     return kernel_dims[1]
 
 
-def bad_id_message(row, position, value, label_count):
-    """The ids op's wording (cc/core/bpmll/bpmll_ids_cpu.cc) for an id that
-    is neither a label nor the padding."""
-    return f"label_ids[{row}, {position}] = {value} is outside [0, {label_count}) and is not the padding -1"
+def bad_id_message(row, position, value, label_count, sign=None):
+    """The ids op's wording (BpmllBadLabelIdMessage, cc/core/bpmll/
+    bpmll_ids_cpu.cc) for an id that is neither a label nor the padding:
+    one for a negative id, one for an id past the labels. sign (-1 or 1)
+    picks the wording where value is a placeholder, not a number."""
+    negative = value < 0 if sign is None else sign < 0
+    if negative:
+        return f"label_ids[{row}, {position}] = {value} is neither a label id in [0, {label_count}) nor the padding -1"
+    return f"label_ids[{row}, {position}] = {value} is outside [0, {label_count})"
 
 
 def check_concrete_ids(ids, label_count):

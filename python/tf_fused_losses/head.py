@@ -137,8 +137,8 @@ def bpmll_head_loss(
     Rows with no positive or no negative label give 0 and gradient 0; a NaN
     logit makes its row NaN (and, as in the unfused path, every column of
     the kernel's and bias's gradient); a label outside [0, 1] makes its row
-    NaN. An id neither in [0, labels) nor -1 raises, naming it
-    (`label_ids[3, 2] = 670091 is outside [0, 670091) ...`: ValueError
+    NaN. An id neither in [0, labels) nor -1 raises, naming it in the ids
+    op's words (`label_ids[3, 2] = 670091 is outside [0, 670091)`: ValueError
     eagerly, InvalidArgumentError from a tf.function's step); inside XLA
     (jit_compile, jax.jit), where nothing can raise, it makes its row NaN.
     TensorFlow (eager, tf.function, jit_compile) and JAX (eager, jit).
